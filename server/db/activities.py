@@ -1,0 +1,638 @@
+"""Activities and their history: creation (single or group), compare-and-set
+transitions, administrator verbs, agent results.
+
+Every change of state is one ``UPDATE ... WHERE id = :id AND state = :expected``
+that must touch exactly one row, plus a history row, plus (for a group child) the
+parent's per-state counters and derived state, all in the caller's transaction.
+Concurrent changes of children of one parent serialise on the parent's row: the
+counter ``UPDATE`` takes its row lock on PostgreSQL (SQLite serialises writers).
+
+Methods named ``*_thd`` take a ``Connection`` and run inside a transaction the
+caller owns (other connectors and services compose them); the public methods
+without the suffix run one transaction through the database's runner and return
+Deferreds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+
+from protocol import codes
+from server import states
+from server.db.tables import activities, activity_history, activity_attachments
+
+COUNTER_COLUMNS: dict[str, str] = {s: f"n_{s.replace('-', '_')}" for s in states.STATES}
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One activity as stored. Times are UTC-aware datetimes."""
+
+    id: int
+    kind: str
+    type: str
+    summary: str
+    creator: str
+    computer_id: int | None
+    parent_id: int | None
+    origin_id: int | None
+    is_group: bool
+    state: str
+    blocked_reason: str | None
+    cancel_provisional: bool
+    parameters: dict
+    created_at: dt.datetime
+    approved_at: dt.datetime | None
+    delivered_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    modified_at: dt.datetime
+    deliver_after: dt.datetime | None
+    deliver_before: dt.datetime | None
+    deliver_delay_window: int | None
+    deliver_delay: float | None
+    requires_approval: bool
+    wait_for_id: int | None
+    wait_for_threshold: int | None
+    result_code: int | None
+    result_text: str | None
+    progress: int
+    answer_deadline: dt.datetime | None
+    published_at: dt.datetime | None
+    claimed_by: str | None
+    lease_expires_at: dt.datetime | None
+    retry_count: int
+    children_count: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def result_name(self) -> str | None:
+        return codes.result_name(self.result_code)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in states.FINAL_STATES and not self.cancel_provisional
+
+    @property
+    def display_progress(self) -> int:
+        if self.is_group:
+            return states.group_progress(self.counts)
+        return states.display_progress(self.state, self.progress)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    activity_id: int
+    at: dt.datetime
+    event: str  # "transition", or the name of a notable event
+    from_state: str | None
+    to_state: str | None
+    actor: str
+    reason: str
+    computer_id: int | None
+
+
+@dataclass(frozen=True)
+class NewActivity:
+    """A validated request to create activities.
+
+    ``computer_ids``: for a client type, one activity per computer (two or more
+    make a group); empty for a server type.
+    """
+
+    kind: str
+    type: str
+    parameters: dict
+    creator: str
+    summary: str = ""
+    computer_ids: Sequence[int] = ()
+    deliver_after: dt.datetime | None = None
+    deliver_before: dt.datetime | None = None
+    deliver_delay_window: int | None = None
+    requires_approval: bool = False
+    wait_for_id: int | None = None
+    wait_for_threshold: int = 100
+    origin_id: int | None = None
+    attachment_ids: Sequence[int] = ()
+
+
+class ActivityNotFound(LookupError):
+    def __init__(self, activity_id: int):
+        super().__init__(f"no activity {activity_id}")
+        self.activity_id = activity_id
+
+
+class LostRace(states.TransitionError):
+    """The activity changed between the read and the compare-and-set."""
+
+
+def _row_to_activity(row: sa.Row) -> Activity:
+    m = row._mapping
+    counts = {s: m[col] for s, col in COUNTER_COLUMNS.items()}
+    return Activity(
+        **{f: m[f] for f in Activity.__dataclass_fields__ if f not in ("counts",)},
+        counts=counts if m["is_group"] else {},
+    )
+
+
+class ActivitiesConnector:
+    """Activities and their history (tables ``activities``, ``activity_history``)."""
+
+    def __init__(self, db, *, rng: random.Random | None = None):
+        self.db = db
+        self._rng = rng or random.Random()
+        #: Called as ``listener(conn, activity, now)`` inside the transaction that
+        #: cancels a non-final activity, before its state changes: how the message
+        #: system tells an agent (``cancel-activity``) and the job-handler a job.
+        self.cancel_listeners: list = []
+
+    # --- reading ----------------------------------------------------------------
+
+    def get(self, activity_id: int):
+        return self.db.run(self.get_thd, activity_id)
+
+    def get_thd(self, conn: sa.Connection, activity_id: int) -> Activity:
+        row = conn.execute(sa.select(activities).where(activities.c.id == activity_id)).first()
+        if row is None:
+            raise ActivityNotFound(activity_id)
+        return _row_to_activity(row)
+
+    def history(self, activity_id: int):
+        return self.db.run(self.history_thd, activity_id)
+
+    def history_thd(self, conn: sa.Connection, activity_id: int) -> list[HistoryEntry]:
+        rows = conn.execute(
+            sa.select(activity_history)
+            .where(activity_history.c.activity_id == activity_id)
+            .order_by(activity_history.c.id)
+        )
+        return [HistoryEntry(**r._mapping) for r in rows]
+
+    def events(self, **filters):
+        return self.db.run(self.events_thd, **filters)
+
+    def events_thd(
+        self,
+        conn: sa.Connection,
+        *,
+        after: dt.datetime | None = None,
+        before: dt.datetime | None = None,
+        activity_id: int | None = None,
+        computer_id: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[HistoryEntry]]:
+        """Recent transitions and events across activities, newest first."""
+        q = sa.select(activity_history)
+        conds = []
+        if after is not None:
+            conds.append(activity_history.c.at >= after)
+        if before is not None:
+            conds.append(activity_history.c.at < before)
+        if activity_id is not None:
+            conds.append(activity_history.c.activity_id == activity_id)
+        if computer_id is not None:
+            conds.append(activity_history.c.computer_id == computer_id)
+        if conds:
+            q = q.where(*conds)
+        count = conn.execute(sa.select(sa.func.count()).select_from(q.subquery())).scalar_one()
+        rows = conn.execute(q.order_by(activity_history.c.id.desc()).limit(limit).offset(offset))
+        return count, [HistoryEntry(**r._mapping) for r in rows]
+
+    def list(self, **filters):
+        return self.db.run(self.list_thd, **filters)
+
+    def list_thd(
+        self,
+        conn: sa.Connection,
+        *,
+        state: str | None = None,
+        type: str | None = None,
+        computer_id: int | None = None,
+        parent_id: int | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[Activity]]:
+        """Activities matching every given filter, newest first, and their count."""
+        conds = []
+        if state is not None:
+            conds.append(activities.c.state == state)
+        if type is not None:
+            conds.append(activities.c.type == type)
+        if computer_id is not None:
+            conds.append(activities.c.computer_id == computer_id)
+        if parent_id is not None:
+            conds.append(activities.c.parent_id == parent_id)
+        if created_after is not None:
+            conds.append(activities.c.created_at >= created_after)
+        if created_before is not None:
+            conds.append(activities.c.created_at < created_before)
+        where = sa.and_(sa.true(), *conds)
+        count = conn.execute(sa.select(sa.func.count()).select_from(activities).where(where)).scalar_one()
+        rows = conn.execute(
+            sa.select(activities).where(where).order_by(activities.c.id.desc()).limit(limit).offset(offset)
+        )
+        return count, [_row_to_activity(r) for r in rows]
+
+    # --- creation -----------------------------------------------------------------
+
+    def create(self, new: NewActivity, now: dt.datetime):
+        return self.db.run(self.create_thd, new, now)
+
+    def create_thd(self, conn: sa.Connection, new: NewActivity, now: dt.datetime) -> Activity:
+        """Create one activity, or a parent and one child per computer, in the
+        caller's transaction; children are inserted in bulk. Returns the activity
+        (the parent for a group)."""
+        if new.kind not in states.KINDS:
+            raise ValueError(f"unknown kind {new.kind!r}")
+        computer_ids = list(new.computer_ids)
+        if new.kind == states.CLIENT and not computer_ids:
+            raise ValueError("a client activity needs at least one computer")
+        if new.kind == states.SERVER and computer_ids:
+            raise ValueError("a server activity has no computer")
+        met = self.prerequisite_met_thd(conn, new.wait_for_id, new.wait_for_threshold)
+        window = new.deliver_delay_window or None
+        is_group = len(computer_ids) >= 2
+        base = {
+            "kind": new.kind,
+            "type": new.type,
+            "summary": new.summary,
+            "creator": new.creator,
+            "origin_id": new.origin_id,
+            "parameters": new.parameters,
+            "created_at": now,
+            "modified_at": now,
+            "deliver_before": new.deliver_before,
+            "deliver_delay_window": window,
+            "requires_approval": new.requires_approval,
+            "wait_for_id": new.wait_for_id,
+            "wait_for_threshold": new.wait_for_threshold if new.wait_for_id is not None else None,
+        }
+
+        def placed(delay: float | None) -> dict[str, Any]:
+            after = new.deliver_after
+            if delay:
+                after = (after or now) + dt.timedelta(seconds=delay)
+            p = states.initial_placement(
+                requires_approval=new.requires_approval,
+                prerequisite_met=met,
+                time_has_come=after is None or after <= now,
+            )
+            return {
+                **base,
+                "deliver_after": after,
+                "deliver_delay": delay,
+                "state": p.state,
+                "blocked_reason": p.blocked_reason,
+            }
+
+        if not is_group:
+            row = placed(self._rng.uniform(0, window) if window else None)
+            row["computer_id"] = computer_ids[0] if computer_ids else None
+            activity_id = conn.execute(activities.insert().returning(activities.c.id), row).scalar_one()
+            self._link_attachments_thd(conn, [activity_id], new.attachment_ids)
+            self._history_many_thd(conn, [(activity_id, row["computer_id"], row["state"])], now, new.creator)
+            return self.get_thd(conn, activity_id)
+
+        children = []
+        for cid in computer_ids:
+            row = placed(self._rng.uniform(0, window) if window else None)
+            row["computer_id"] = cid
+            children.append(row)
+        counts = {s: 0 for s in states.STATES}
+        for c in children:
+            counts[c["state"]] += 1
+        parent_state = states.group_state(counts)
+        parent = {
+            **base,
+            "is_group": True,
+            "deliver_after": new.deliver_after,
+            "state": parent_state,
+            "blocked_reason": states.APPROVAL if parent_state == states.BLOCKED else None,
+            "children_count": len(children),
+            **{COUNTER_COLUMNS[s]: n for s, n in counts.items()},
+        }
+        parent_id = conn.execute(activities.insert().returning(activities.c.id), parent).scalar_one()
+        for c in children:
+            c["parent_id"] = parent_id
+        child_ids = [
+            r.id
+            for r in conn.execute(
+                activities.insert().returning(activities.c.id, sort_by_parameter_order=True), children
+            )
+        ]
+        self._link_attachments_thd(conn, [parent_id, *child_ids], new.attachment_ids)
+        self._history_many_thd(
+            conn,
+            [(parent_id, None, parent_state)] + [(i, c["computer_id"], c["state"]) for i, c in zip(child_ids, children)],
+            now,
+            new.creator,
+        )
+        return self.get_thd(conn, parent_id)
+
+    def _link_attachments_thd(self, conn, activity_ids: list[int], attachment_ids: Iterable[int]) -> None:
+        rows = [{"activity_id": a, "attachment_id": t} for a in activity_ids for t in set(attachment_ids)]
+        if rows:
+            conn.execute(activity_attachments.insert(), rows)
+
+    def _history_many_thd(self, conn, created: list[tuple[int, int | None, str]], now, actor: str) -> None:
+        conn.execute(
+            activity_history.insert(),
+            [
+                {
+                    "activity_id": aid,
+                    "computer_id": cid,
+                    "at": now,
+                    "event": "transition",
+                    "from_state": None,
+                    "to_state": state,
+                    "actor": actor,
+                    "reason": "created",
+                }
+                for aid, cid, state in created
+            ],
+        )
+
+    # --- prerequisites --------------------------------------------------------------
+
+    def prerequisite_met_thd(self, conn, wait_for_id: int | None, threshold: int | None) -> bool:
+        """Whether ``wait_for`` is satisfied (no prerequisite counts as met)."""
+        if wait_for_id is None:
+            return True
+        pre = self.get_thd(conn, wait_for_id)
+        figure = states.waiting_figure(is_group=pre.is_group, state=pre.state, progress=pre.progress, counts=pre.counts)
+        return figure >= (100 if threshold is None else threshold)
+
+    # --- transitions ----------------------------------------------------------------
+
+    def record_event_thd(self, conn, activity: Activity, event: str, *, actor: str, reason: str, now) -> None:
+        """Append a notable event that is not a transition to the history."""
+        conn.execute(
+            activity_history.insert().values(
+                activity_id=activity.id,
+                computer_id=activity.computer_id,
+                at=now,
+                event=event,
+                from_state=activity.state,
+                to_state=None,
+                actor=actor,
+                reason=reason,
+            )
+        )
+
+    def transition(self, activity_id: int, expected: str, to: str, **kwargs):
+        return self.db.run(self.transition_thd, activity_id, expected, to, **kwargs)
+
+    def transition_thd(
+        self,
+        conn: sa.Connection,
+        activity_id: int,
+        expected: str,
+        to: str,
+        *,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+        blocked_reason: str | None = None,
+        values: dict[str, Any] | None = None,
+        _resolving_cancel: bool = False,
+    ) -> Activity:
+        """Move one activity from ``expected`` to ``to``: compare-and-set, history
+        row, and the group parent's counters and state, in the caller's transaction.
+
+        Raises :class:`server.states.TransitionError` when the table forbids the
+        move and :class:`LostRace` when the activity is no longer in ``expected``.
+        """
+        current = self.get_thd(conn, activity_id)
+        if current.is_group:
+            raise states.TransitionError(
+                f"activity {activity_id} is a group; its state follows its children", activity_id=activity_id,
+                current=current.state,
+            )
+        if not _resolving_cancel:
+            states.check(current.kind, expected, to, activity_id=activity_id)
+        if to == states.BLOCKED and blocked_reason not in states.BLOCKED_REASONS:
+            raise ValueError("a move to blocked needs a blocked reason")
+        update: dict[str, Any] = {
+            "state": to,
+            "modified_at": now,
+            "blocked_reason": blocked_reason if to == states.BLOCKED else None,
+            **(values or {}),
+        }
+        if to in states.FINAL_STATES:
+            update.setdefault("completed_at", now)
+            update.setdefault("lease_expires_at", None)
+            update.setdefault("answer_deadline", None)
+        if to == states.IN_PROGRESS and current.kind == states.CLIENT:
+            update.setdefault("delivered_at", now)
+        cond = [activities.c.id == activity_id, activities.c.state == expected]
+        if _resolving_cancel:
+            cond.append(activities.c.cancel_provisional == sa.true())
+        result = conn.execute(activities.update().where(*cond).values(**update))
+        if result.rowcount != 1:
+            now_state = conn.execute(sa.select(activities.c.state).where(activities.c.id == activity_id)).scalar()
+            raise LostRace(
+                f"activity {activity_id} is {now_state}, not {expected}; nothing changed",
+                activity_id=activity_id,
+                current=now_state,
+            )
+        conn.execute(
+            activity_history.insert().values(
+                activity_id=activity_id,
+                computer_id=current.computer_id,
+                at=now,
+                event="transition",
+                from_state=expected,
+                to_state=to,
+                actor=actor,
+                reason=reason,
+            )
+        )
+        if current.parent_id is not None and expected != to:
+            self._move_parent_counter_thd(conn, current.parent_id, expected, to, now=now)
+        return replace(current, **update)
+
+    def _move_parent_counter_thd(self, conn, parent_id: int, from_state: str, to_state: str, *, now) -> None:
+        dec, inc = activities.c[COUNTER_COLUMNS[from_state]], activities.c[COUNTER_COLUMNS[to_state]]
+        counter_cols = [activities.c[c] for c in COUNTER_COLUMNS.values()]
+        row = conn.execute(
+            activities.update()
+            .where(activities.c.id == parent_id)
+            .values({dec: dec - 1, inc: inc + 1, activities.c.modified_at: now})
+            .returning(activities.c.state, *counter_cols)
+        ).one()
+        counts = {s: row._mapping[c] for s, c in COUNTER_COLUMNS.items()}
+        new_state = states.group_state(counts)
+        if new_state == row.state:
+            return
+        values: dict[str, Any] = {"state": new_state, "blocked_reason": None}
+        if new_state == states.BLOCKED:
+            # All children blocked: the parent shows the reason they share, if any.
+            reasons = conn.execute(
+                sa.select(activities.c.blocked_reason)
+                .where(activities.c.parent_id == parent_id, activities.c.state == states.BLOCKED)
+                .distinct()
+            ).scalars().all()
+            values["blocked_reason"] = reasons[0] if len(reasons) == 1 else states.APPROVAL
+        if new_state in states.FINAL_STATES:
+            values["completed_at"] = now
+        conn.execute(activities.update().where(activities.c.id == parent_id).values(**values))
+        conn.execute(
+            activity_history.insert().values(
+                activity_id=parent_id,
+                computer_id=None,
+                at=now,
+                event="transition",
+                from_state=row.state,
+                to_state=new_state,
+                actor="group",
+                reason=f"a child went from {from_state} to {to_state}",
+            )
+        )
+
+    # --- administrator verbs -------------------------------------------------------
+
+    def children_thd(self, conn, parent_id: int) -> list[Activity]:
+        rows = conn.execute(sa.select(activities).where(activities.c.parent_id == parent_id).order_by(activities.c.id))
+        return [_row_to_activity(r) for r in rows]
+
+    def apply_verb(self, activity_id: int, verb: str, *, actor: str, now: dt.datetime, reason: str = ""):
+        return self.db.run(self.apply_verb_thd, activity_id, verb, actor=actor, now=now, reason=reason)
+
+    def apply_verb_thd(self, conn, activity_id: int, verb: str, *, actor: str, now: dt.datetime, reason: str = "") -> Activity:
+        """``approve``, ``pause``, ``resume`` or ``cancel`` one activity; on a group
+        parent, each child the verb can apply to. Raises TransitionError (nothing
+        changed) when it applies to nothing."""
+        target = self.get_thd(conn, activity_id)
+        method = {
+            "approve": self._approve_thd,
+            "pause": self._pause_thd,
+            "resume": self._resume_thd,
+            "cancel": self._cancel_thd,
+        }[verb]
+        why = reason or f"{verb} by {actor}"
+        if not target.is_group:
+            method(conn, target, actor=actor, reason=why, now=now)
+            return self.get_thd(conn, activity_id)
+        applied = 0
+        for child in self.children_thd(conn, activity_id):
+            try:
+                method(conn, child, actor=actor, reason=why, now=now)
+                applied += 1
+            except states.TransitionError:
+                continue
+        if not applied:
+            raise states.TransitionError(
+                f"activity {activity_id} is a group none of whose children can be {verb}d",
+                activity_id=activity_id,
+                current=target.state,
+            )
+        return self.get_thd(conn, activity_id)
+
+    def _approve_thd(self, conn, a: Activity, *, actor, reason, now) -> None:
+        states.check_verb("approve", a.state, a.blocked_reason, activity_id=a.id)
+        p = states.approval_placement(
+            prerequisite_met=self.prerequisite_met_thd(conn, a.wait_for_id, a.wait_for_threshold),
+            time_has_come=a.deliver_after is None or a.deliver_after <= now,
+        )
+        if p.state == states.BLOCKED:
+            # blocked/approval → blocked/held is a change of reason, not of state.
+            n = conn.execute(
+                activities.update()
+                .where(activities.c.id == a.id, activities.c.state == states.BLOCKED,
+                       activities.c.blocked_reason == states.APPROVAL)
+                .values(blocked_reason=p.blocked_reason, approved_at=now, modified_at=now)
+            ).rowcount
+            if n != 1:
+                raise LostRace(f"activity {a.id} changed meanwhile; nothing changed", activity_id=a.id, current=a.state)
+            self.record_event_thd(conn, a, "approved", actor=actor, reason=f"{reason}; held until {a.deliver_after.isoformat()}", now=now)
+            return
+        self.transition_thd(conn, a.id, a.state, p.state, actor=actor, reason=reason, now=now,
+                            blocked_reason=p.blocked_reason, values={"approved_at": now})
+
+    def _pause_thd(self, conn, a: Activity, *, actor, reason, now) -> None:
+        states.check_verb("pause", a.state, a.blocked_reason, activity_id=a.id)
+        self.transition_thd(conn, a.id, states.QUEUED, states.BLOCKED, actor=actor, reason=reason, now=now,
+                            blocked_reason=states.PAUSED)
+
+    def _resume_thd(self, conn, a: Activity, *, actor, reason, now) -> None:
+        states.check_verb("resume", a.state, a.blocked_reason, activity_id=a.id)
+        self.transition_thd(conn, a.id, states.BLOCKED, states.QUEUED, actor=actor, reason=reason, now=now)
+
+    def _cancel_thd(self, conn, a: Activity, *, actor, reason, now) -> None:
+        if a.state in states.FINAL_STATES:
+            raise states.TransitionError(f"activity {a.id} is {a.state} and final; it cannot be canceled",
+                                         activity_id=a.id, current=a.state)
+        values: dict[str, Any] = {"result_code": codes.CANCELED, "result_text": f"Canceled: {reason}."}
+        if a.state == states.IN_PROGRESS and a.kind == states.CLIENT:
+            # The agent may still report: the cancel stays provisional until then
+            # (the answer deadline is kept, so a silent agent still ends it).
+            values["cancel_provisional"] = True
+            values["answer_deadline"] = a.answer_deadline
+        for listener in self.cancel_listeners:
+            listener(conn, a, now)
+        self.transition_thd(conn, a.id, a.state, states.CANCELED, actor=actor, reason=reason, now=now, values=values)
+
+    # --- agent results --------------------------------------------------------------
+
+    def apply_result_thd(
+        self,
+        conn,
+        *,
+        computer_id: int,
+        operation_id: int,
+        status: int,
+        result_code: int | None,
+        result_text: str | None,
+        now: dt.datetime,
+        actor: str,
+    ) -> tuple[str, Activity | None]:
+        """Apply an agent's ``operation-result``. Returns (what happened, activity):
+
+        - ``"applied"``: in-progress → succeeded/failed;
+        - ``"resolved-cancel"``: a provisional cancel became final (kept canceled on
+          a result saying it was stopped, else replaced by the reported result);
+        - ``"late"``: the activity was already final; recorded as an event only;
+        - ``"not-yours"``: no such activity for this computer; nothing changed (the
+          caller logs it as a security event).
+        """
+        row = conn.execute(sa.select(activities).where(activities.c.id == operation_id)).first()
+        if row is None or row.computer_id != computer_id or row.kind != states.CLIENT:
+            return "not-yours", None
+        a = _row_to_activity(row)
+        values = {"result_code": result_code, "result_text": result_text or "", "progress": 100}
+        if a.state == states.IN_PROGRESS:
+            to = states.result_state(status)
+            return "applied", self.transition_thd(
+                conn, a.id, states.IN_PROGRESS, to, actor=actor, reason="result from the agent", now=now, values=values
+            )
+        if a.state == states.CANCELED and a.cancel_provisional:
+            to = states.resolve_provisional_cancel(status, result_code)
+            values["cancel_provisional"] = False
+            if to == states.CANCELED:
+                conn.execute(
+                    activities.update()
+                    .where(activities.c.id == a.id, activities.c.cancel_provisional == sa.true())
+                    .values(**values, modified_at=now, answer_deadline=None)
+                )
+                self.record_event_thd(conn, a, "cancel-confirmed", actor=actor,
+                                      reason="the agent reports the work stopped because of the cancel", now=now)
+                return "resolved-cancel", self.get_thd(conn, a.id)
+            return "resolved-cancel", self.transition_thd(
+                conn, a.id, states.CANCELED, to, actor=actor, now=now, values=values,
+                reason="the agent finished the work before the cancel reached it",
+                _resolving_cancel=True,
+            )
+        what = "succeeded" if status == codes.SUCCEEDED else "failed"
+        self.record_event_thd(
+            conn, a, "late-result", actor=actor, now=now,
+            reason=f"a result ({what}, code {result_code}) arrived while the activity was {a.state}; state unchanged",
+        )
+        return "late", a
