@@ -168,8 +168,12 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
     @property
+    def flags(self) -> tuple[str, ...]:
+        return _FLAGS.get(self.name, ("--" + self.name.replace("_", "-"),))
+
+    @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flags[0]
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -235,8 +239,8 @@ OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 COMMON_OPTIONS = ("data_dir", "database_url", "database_password_file", "log_level")
 SERVER_OPTIONS = tuple(o.name for o in OPTIONS if not o.secret)
 JOB_HANDLER_OPTIONS = COMMON_OPTIONS + ("db_threads", "queue_url", "lease_seconds", "retry_count")
-# Flag spellings that differ from the option name.
-_FLAG_ALIASES = {"database_url": ("--database",)}
+# Flag spellings that differ from the option name (the first one is shown).
+_FLAGS = {"database_url": ("--database", "--database-url")}
 
 
 @dataclass(frozen=True)
@@ -334,7 +338,7 @@ def add_options(parser: argparse.ArgumentParser, names: Iterable[str] = COMMON_O
         opt = OPTIONS_BY_NAME[name]
         if opt.secret:
             raise ValueError(f"{name} is a secret and has no command-line flag")
-        flags = (opt.flag, *_FLAG_ALIASES.get(name, ()))
+        flags = opt.flags
         if opt.boolean:
             parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=opt.help)

@@ -1,0 +1,27 @@
+"""``ridgeline server``: run the server (REST API, message system, /healthz)."""
+
+from __future__ import annotations
+
+import argparse
+
+from server import config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Every option can also be set in the config file ([server] section) or as "
+        "RIDGELINE_<OPTION> in the environment; secrets (registration_key, "
+        "database_password) only there. See docs/server.md."
+    )
+    config.add_options(parser, config.SERVER_OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args)
+    except config.ConfigError as e:
+        return config.report_error("server", e)
+    from server import logsetup, service
+
+    logsetup.start_logging(cfg.log_level)
+    return service.run(cfg)
