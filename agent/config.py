@@ -62,31 +62,8 @@ class AgentConfig:
     ssl_public_key: str | None = None
     plugins: tuple[str, ...] | None = None
 
-    def to_ini(self) -> str:
-        """The configuration as INI text, in the format :func:`load_config` reads."""
-        lines = [f"[{SECTION}]"]
-        for name, text in _serialise(self).items():
-            lines.append(f"{name} = {text}")
-        return "\n".join(lines) + "\n"
-
 
 KEYS = tuple(f.name for f in fields(AgentConfig))
-
-
-def _serialise(config: AgentConfig) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name in KEYS:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if name == "script_users":
-            if value == ():
-                continue
-            value = value if value == "ALL" else ", ".join(value)
-        elif name == "plugins":
-            value = ", ".join(value)
-        out[name] = str(value)
-    return out
 
 
 def derive_ping_url(url: str) -> str:
@@ -235,16 +212,3 @@ def with_intervals(config: AgentConfig, **intervals: int) -> AgentConfig:
     """A copy of ``config`` with new intervals (from ``set-intervals``), validated."""
     checked = {k: _interval(k, v) for k, v in intervals.items()}
     return replace(config, **checked)
-
-
-def write_config(path: str | os.PathLike, config: AgentConfig) -> None:
-    """Write ``config`` to ``path`` atomically (temp file + rename), mode 0640."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(config.to_ini())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
