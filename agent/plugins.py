@@ -13,7 +13,7 @@ import inspect
 from typing import Any, Callable, Iterable
 
 import pluggy
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 
 from agent import hookspecs
@@ -129,13 +129,13 @@ class AgentPlugins:
         try:
             outcome = self.pm.hook.ridgeline_agent_handle(message=message, context=context)
         except Exception:
-            from twisted.internet.defer import fail
-
             return fail()
         if outcome is None:
             return None
         if isinstance(outcome, Deferred):
             return outcome
+        if inspect.iscoroutine(outcome):
+            return Deferred.fromCoroutine(outcome)
         if inspect.isawaitable(outcome):
             return ensureDeferred(outcome)
         # Lenient: a plugin that already has its result may return it directly.
