@@ -544,7 +544,7 @@ class AgentCore:
     def _on_set_id(self, message: dict) -> None:
         secure_id = message["id"]
         self.store.update_state(
-            secure_id=secure_id, insecure_id=message["insecure-id"], clone_secure_id=None, exchange_token=None
+            secure_id=secure_id, insecure_id=message["insecure-id"], clone_secure_id=None
         )
         self._registration_failed = False
         self.log.info(
@@ -568,6 +568,7 @@ class AgentCore:
         else:
             self.log.warn("The server does not know this computer; registering again")
         self.store.update_state(**updates)
+        self.schedule_urgent()
 
     def _on_registration(self, message: dict) -> None:
         info = message.get("info")

@@ -33,6 +33,7 @@ class Computer:
     received: list = field(default_factory=list)
     accepted_types: list = field(default_factory=lambda: list(REGISTERED_TYPES))
     client_types: list | None = None
+    sent_upto: int = 0  # messages below this number went out in some reply
 
     @property
     def next_to_assign(self) -> int:
@@ -104,6 +105,7 @@ class FakeServer:
         if request.accepted_types_digest != px.accepted_types_digest(computer.accepted_types):
             computer.outbox.append({"type": "accepted-types", "types": list(computer.accepted_types)})
         computer.token = _uuid.uuid4().hex.encode()
+        computer.sent_upto = computer.next_to_assign
         return self._reply(list(computer.outbox), computer, request)
 
     def _anonymous(self, request: px.ExchangeRequest) -> tuple[int, dict, bytes]:
@@ -120,6 +122,7 @@ class FakeServer:
                 register=reg,
                 oldest_kept=request.next_expected_sequence,
                 expected=request.sequence + len(request.messages),
+                client_types=request.client_accepted_types,
             )
             self.next_insecure_id += 1
             self.computers[secure_id] = computer
@@ -153,7 +156,7 @@ class FakeServer:
         if self.ping_answer is not None:
             return bpickle.dumps({"messages": self.ping_answer})
         iid = int(form.get(b"insecure_id", [b"0"])[0])
-        waiting = any(c.insecure_id == iid and c.outbox for c in self.computers.values())
+        waiting = any(c.insecure_id == iid and c.next_to_assign > c.sent_upto for c in self.computers.values())
         return bpickle.dumps({"messages": waiting})
 
 
@@ -162,11 +165,11 @@ class _Exchange(Resource):
 
     def __init__(self, server: FakeServer) -> None:
         super().__init__()
-        self.server = server
+        self.fake = server
 
     def render_POST(self, request):
         headers = {k.lower(): v[0] for k, v in request.requestHeaders.getAllRawHeaders()}
-        status, extra, body = self.server.handle(headers, request.content.read())
+        status, extra, body = self.fake.handle(headers, request.content.read())
         request.setResponseCode(status)
         for k, v in extra.items():
             request.setHeader(k, v)
@@ -179,7 +182,7 @@ class _Ping(Resource):
 
     def __init__(self, server: FakeServer) -> None:
         super().__init__()
-        self.server = server
+        self.fake = server
 
     def render_POST(self, request):
-        return self.server.ping(request.args)
+        return self.fake.ping(request.args)
