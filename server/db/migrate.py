@@ -57,6 +57,15 @@ def compare_server_default(context, inspected_column, metadata_column, inspected
     return None
 
 
+def server_default_comparison(dialect_name: str):
+    """What to pass Alembic as ``compare_server_default`` on this dialect.
+
+    PostgreSQL reflects defaults faithfully (and Alembic's callable hook cannot
+    handle its identity columns), so it gets plain ``True``.
+    """
+    return compare_server_default if dialect_name == "sqlite" else True
+
+
 def _unquote(text: str) -> str:
     text = text.strip()
     while len(text) >= 2 and (text[0] + text[-1]) in ("''", '""', "()"):

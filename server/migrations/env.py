@@ -7,7 +7,7 @@ table, swap it in).
 
 from alembic import context
 
-from server.db.migrate import compare_server_default
+from server.db.migrate import server_default_comparison
 from server.db.tables import metadata
 
 connection = context.config.attributes.get("connection")
@@ -19,7 +19,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
-    compare_server_default=compare_server_default,
+    compare_server_default=server_default_comparison(connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()
