@@ -305,7 +305,7 @@ def loads(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_length: int = 
     except DecodeError:
         raise
     except IndexError:
-        if data[tok] == 105 and b";" in data[tok:]:  # a short int text such as "i;"
+        if tok < n and data[tok] == 105 and b";" in data[tok:]:  # a short int text such as "i;"
             text = data[tok + 1 : data.index(b";", tok)]
             raise DecodeError(f"int {text!r} is not an optional '-' and ASCII digits", tok) from None
         raise DecodeError(_ended(stack, items), n) from None
