@@ -198,3 +198,11 @@ def test_command_line_error_is_one_line_exit_2(argv, key, tmp_path):
     assert len(lines) == 1 and "configuration error" in lines[0] and key in lines[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "d").exists()  # nothing changed
+
+
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    for opt in config.OPTIONS:
+        assert f"| `{opt.name}` | `{opt.env}` |" in doc, opt.name
