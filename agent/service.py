@@ -47,7 +47,7 @@ def build_agent(
 def make_http_client(reactor, config: AgentConfig):
     """A treq client over a persistent connection pool; https verifies against the
     ``ssl_public_key`` CA file when one is given (else the system's roots)."""
-    import treq
+    from treq.client import HTTPClient
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -60,7 +60,7 @@ def make_http_client(reactor, config: AgentConfig):
         policy = BrowserLikePolicyForHTTPS(trustRoot=ca)
     else:
         policy = BrowserLikePolicyForHTTPS()
-    return treq.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
 
 def run(config: AgentConfig) -> int:
