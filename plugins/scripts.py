@@ -337,6 +337,11 @@ class ScriptExecutionPlugin:
                     )
                     try:
                         await run.pending
+                    except Exception:
+                        # A canceled request may surface as a connection error.
+                        if run.canceled:
+                            raise CancelledError() from None
+                        raise
                     finally:
                         run.pending = None
                 else:
@@ -589,7 +594,10 @@ def _result(run: _Run, proto: _ScriptProtocol, time_limit) -> OperationResult:
     if run.timed_out:
         return OperationResult(
             codes.FAILED,
-            with_line(f"Time limit of {time_limit:g} seconds reached: the script was stopped."),
+            with_line(
+                f"Time limit of {time_limit:g} second{'' if time_limit == 1 else 's'} reached: "
+                "the script was stopped."
+            ),
             codes.TIME_LIMIT,
         )
     reason = proto.exit_reason

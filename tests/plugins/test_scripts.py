@@ -9,106 +9,19 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import stat
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.task import deferLater
 
 from plugins._process import process_start_time
 from plugins.scripts import TRUNCATION_MARKER, OutputBuffer, ScriptExecutionPlugin
 from protocol import codes
 
-NOT_ROOT = os.geteuid() != 0
-needs_root = pytest.mark.skipif(NOT_ROOT, reason="running scripts as another user needs root")
+from scripts_support import FakeContext, alive, message, needs_root, run, wait_for_file
+
 NOBODY = pwd.getpwnam("nobody")
-
-
-class FakeContext:
-    """What the agent core passes to a handler, minus the database."""
-
-    def __init__(self, tempdir, *, operation_id=1, script_users="ALL", output_limit=512,
-                 http=None, secure_id=b"secure-123"):
-        self.operation_id = operation_id
-        self.reactor = global_reactor
-        self.config = SimpleNamespace(
-            url="https://server.invalid/message-system",
-            script_users=script_users,
-            script_output_limit=output_limit,
-            script_tempdir=str(tempdir),
-        )
-        self.http = http
-        self.secure_id = secure_id
-        self.log = None
-        self.recorded: list[tuple[int, float]] = []
-
-    def attachment_url(self, attachment_id: int) -> str:
-        return f"https://server.invalid/attachment/{attachment_id}"
-
-    def record_process(self, pgid: int, start_time: float) -> None:
-        self.recorded.append((pgid, start_time))
-
-
-def message(code, *, interpreter="/bin/sh", username=None, time_limit=None,
-            attachments=None, env=None, **extra):
-    msg = {
-        "type": "execute-script",
-        "operation-id": 1,
-        "interpreter": interpreter,
-        "code": code,
-        "username": username or pwd.getpwuid(os.geteuid()).pw_name,
-        "time-limit": time_limit,
-        "attachments": attachments or {},
-    }
-    if env is not None:
-        msg["env"] = env
-    msg.update(extra)
-    return msg
-
-
-@pytest.fixture
-def tempdir():
-    """A script_tempdir every user can traverse (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="ridgeline-test-"))
-    path.chmod(0o711)
-    yield path
-    for p in sorted(path.rglob("*"), reverse=True):
-        p.unlink() if not p.is_dir() else p.rmdir()
-    path.rmdir()
-
-
-@pytest.fixture
-def plugin():
-    return ScriptExecutionPlugin(global_reactor, kill_grace=0.5, drain_grace=0.3)
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie is not running: PID 1 here may not reap)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(global_reactor, seconds, lambda: None)
-
-
-async def wait_for_file(path: Path, timeout: float = 10.0) -> str:
-    for _ in range(int(timeout / 0.02)):
-        if path.exists() and path.read_text().endswith("\n"):
-            return path.read_text()
-        await sleep(0.02)
-    raise AssertionError(f"{path} never appeared")
-
-
-async def run(plugin, ctx, msg):
-    return await plugin.ridgeline_agent_handle(msg, ctx)
 
 
 # --- hooks ------------------------------------------------------------------------
@@ -343,9 +256,19 @@ def test_process_start_time_is_clock_ticks_since_boot():
     assert process_start_time(2**22 + 12345) is None
 
 
+@pytest.fixture
+def agent_groups():
+    """Give the test process (the "agent") extra supplementary groups, so that a
+    script that merely inherited them would show it."""
+    before = os.getgroups()
+    os.setgroups([0, 4242, 4343])
+    yield [0, 4242, 4343]
+    os.setgroups(before)
+
+
 @needs_root
 @pytest_twisted.ensureDeferred
-async def test_runs_as_nobody_with_exactly_its_groups(plugin, tempdir):
+async def test_runs_as_nobody_with_exactly_its_groups(plugin, tempdir, agent_groups):
     ctx = FakeContext(tempdir, script_users=("nobody",))
     code = ('id -u; id -g; id -G; pwd; echo "$HOME $USER $LOGNAME"; stat -c "%a %U" "$0"; '
             "umask")
@@ -362,7 +285,14 @@ async def test_runs_as_nobody_with_exactly_its_groups(plugin, tempdir):
         "700 nobody",
         "0022",
     ]
-    assert os.getgroups() != groups, "the agent's own groups differ, so this checks a change"
+    assert set(agent_groups).isdisjoint(groups), "the agent's groups must not leak"
+
+
+@needs_root
+@pytest_twisted.ensureDeferred
+async def test_running_as_root_gets_roots_groups_not_the_agents(plugin, tempdir, agent_groups):
+    result = await run(plugin, FakeContext(tempdir), message("id -G", username="root"))
+    assert result.result_text.split() == [str(g) for g in sorted(os.getgrouplist("root", 0))]
 
 
 # --- time limit, background children, cancel -------------------------------------
@@ -375,7 +305,7 @@ async def test_time_limit_kills_the_whole_group(plugin, tempdir, tmp_path):
     result = await run(plugin, FakeContext(tempdir), message(code, time_limit=1))
     assert (result.status, result.result_code) == (codes.FAILED, codes.TIME_LIMIT)
     assert result.result_text == (
-        "partial\nTime limit of 1 seconds reached: the script was stopped."
+        "partial\nTime limit of 1 second reached: the script was stopped."
     )
     assert not alive(int(pidfile.read_text()))
 

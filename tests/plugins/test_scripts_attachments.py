@@ -1,0 +1,145 @@
+"""execute-script attachments: fetched from a fake server resource (StubTreq)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+import pytest_twisted
+import treq
+from treq.testing import StubTreq
+from twisted.internet import reactor as global_reactor
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from protocol import codes
+
+from scripts_support import FakeContext, message, needs_root
+
+
+class AttachmentServer(Resource):
+    """``/attachment/<id>``: the file's body, only for the right X-Computer-ID."""
+
+    isLeaf = True
+
+    def __init__(self, files: dict[int, bytes], secure_id: bytes = b"secure-123") -> None:
+        super().__init__()
+        self.files = files
+        self.secure_id = secure_id
+        self.requests: list[bytes] = []
+        self.hanging: list = []
+
+    def render_GET(self, request):
+        self.requests.append(request.path)
+        parts = request.path.split(b"/")
+        if request.getHeader(b"X-Computer-ID") != self.secure_id:
+            request.setResponseCode(403)
+            return b"who are you?"
+        if parts[:2] != [b"", b"attachment"] or not parts[2].isdigit():
+            request.setResponseCode(404)
+            return b""
+        attachment_id = int(parts[2])
+        if attachment_id == 999:  # never answers
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        if attachment_id not in self.files:
+            request.setResponseCode(404)
+            return b"no such attachment"
+        return self.files[attachment_id]
+
+
+LIST_CODE = (
+    'cd "$LANDSCAPE_ATTACHMENTS" && [ "$RIDGELINE_ATTACHMENTS" = "$PWD" ] || exit 9\n'
+    'stat -c "%a %U" .\n'
+    'for f in *; do echo "$f: $(stat -c "%a %U" "$f") $(cat "$f")"; done\n'
+    'echo "$LANDSCAPE_ATTACHMENTS" > /dev/null\n'
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_attachments_are_fetched_and_removed(plugin, tempdir):
+    server = AttachmentServer({7: b"seven", 8: b"eight"})
+    ctx = FakeContext(tempdir, http=StubTreq(server))
+    attachments = {"a.txt": 7, "b.txt": 8, "inline.txt": "inline content"}
+    result = await plugin.ridgeline_agent_handle(message(LIST_CODE, attachments=attachments), ctx)
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert result.status == codes.SUCCEEDED, result.result_text
+    assert result.result_text.splitlines() == [
+        f"700 {me}",
+        f"a.txt: 600 {me} seven",
+        f"b.txt: 600 {me} eight",
+        f"inline.txt: 600 {me} inline content",
+    ]
+    assert sorted(server.requests) == [b"/attachment/7", b"/attachment/8"]
+    assert list(tempdir.iterdir()) == [], "directory, files and script are removed"
+
+
+@needs_root
+@pytest_twisted.ensureDeferred
+async def test_attachments_belong_to_the_user(plugin, tempdir):
+    server = AttachmentServer({7: b"seven"})
+    ctx = FakeContext(tempdir, http=StubTreq(server), script_users=("nobody",))
+    result = await plugin.ridgeline_agent_handle(
+        message(LIST_CODE, username="nobody", attachments={"a.txt": 7}), ctx)
+    assert result.status == codes.SUCCEEDED, result.result_text
+    assert result.result_text.splitlines() == ["700 nobody", "a.txt: 600 nobody seven"]
+    assert list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_attachment_fails_with_104(plugin, tempdir):
+    ctx = FakeContext(tempdir, http=StubTreq(AttachmentServer({7: b"seven"})))
+    result = await plugin.ridgeline_agent_handle(
+        message("echo ran", attachments={"a.txt": 7, "gone.txt": 404}), ctx)
+    assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
+    assert result.result_text == (
+        "Could not download attachment 'gone.txt' (id 404): the server answered HTTP 404."
+    )
+    assert ctx.recorded == [], "the script never ran"
+    assert list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_secure_id_is_sent(plugin, tempdir):
+    ctx = FakeContext(tempdir, http=StubTreq(AttachmentServer({7: b"x"})), secure_id=b"wrong")
+    result = await plugin.ridgeline_agent_handle(message("echo", attachments={"a": 7}), ctx)
+    assert result.result_code == codes.ATTACHMENT_DOWNLOAD_FAILED
+    assert result.result_text.endswith("the server answered HTTP 403.")
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_error_fails_with_104(plugin, tempdir):
+    ctx = FakeContext(tempdir, http=treq)
+    # Port 1 on loopback: nothing listens, the connection is refused.
+    ctx.attachment_url = lambda attachment_id: f"http://127.0.0.1:1/attachment/{attachment_id}"
+    result = await plugin.ridgeline_agent_handle(message("echo", attachments={"a": 5}), ctx)
+    assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
+    assert result.result_text.startswith("Could not download attachment 'a' (id 5): ")
+    assert "Failure" not in result.result_text and "Traceback" not in result.result_text
+    assert list(tempdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".", "", "x/../../y"])
+@pytest_twisted.ensureDeferred
+async def test_unsafe_attachment_names_are_refused(plugin, tempdir, name):
+    server = AttachmentServer({7: b"seven"})
+    ctx = FakeContext(tempdir, http=StubTreq(server))
+    result = await plugin.ridgeline_agent_handle(message("echo", attachments={name: 7}), ctx)
+    assert (result.status, result.result_code) == (codes.FAILED, None)
+    assert result.result_text == f"The attachment name {name!r} is not a plain file name."
+    assert server.requests == [] and list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_during_download(plugin, tempdir):
+    server = AttachmentServer({})
+    ctx = FakeContext(tempdir, http=StubTreq(server), operation_id=5)
+    d = plugin.ridgeline_agent_handle(message("echo ran", attachments={"slow": 999}), ctx)
+    assert len(server.hanging) == 1
+    assert plugin.ridgeline_agent_cancel(5) is True
+    result = await d
+    assert (result.status, result.result_code) == (codes.FAILED, codes.CANCELED)
+    assert result.result_text == "Canceled before the script started."
+    assert ctx.recorded == [] and list(tempdir.iterdir()) == []
+    assert plugin.ridgeline_agent_cancel(5) is None
