@@ -1,12 +1,9 @@
-"""Process-group helpers for the script plugin: /proc reading, signalling, launcher.
+"""Process-group helpers for the script plugin: signalling and the launcher.
 
-Linux only (like the agent): process facts come from ``/proc``.
-
-Start times are **clock ticks since boot**: field 22 (``starttime``) of
-``/proc/<pid>/stat``, unconverted. The raw integer is exact and the same every
-time it is read, unlike a wall-clock conversion through ``btime`` (which the
-kernel may shift by a second). It survives ``exec``, so the launcher's start
-time is the script's.
+Linux only (like the agent): process facts come from ``/proc``. Start times are
+recorded with :func:`agent.procs.process_start_time` (clock ticks since boot,
+field 22 of ``/proc/<pid>/stat``), the agent core's own definition. A start
+time survives ``exec``, so the launcher's start time is the script's.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import signal
 __all__ = [
     "LAUNCHER",
     "group_alive",
-    "process_start_time",
     "signal_group",
 ]
 
@@ -37,15 +33,6 @@ def _stat_fields(pid: int) -> list[str] | None:
     if end < 0:
         return None
     return raw[end + 1 :].decode("ascii", "replace").split()
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot, or None if gone."""
-    fields = _stat_fields(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    # Field 22 is index 19 of a list that begins at field 3.
-    return int(fields[19])
 
 
 def group_alive(pgid: int) -> bool:

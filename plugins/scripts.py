@@ -37,20 +37,9 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
-try:
-    from agent.hookspecs import OperationResult, hookimpl
-except ImportError:  # pragma: no cover - until agent/hookspecs.py lands
-    import pluggy
-
-    hookimpl = pluggy.HookimplMarker("ridgeline.agent")
-
-    @dataclass(frozen=True)
-    class OperationResult:  # type: ignore[no-redef]
-        status: int
-        result_text: str = ""
-        result_code: int | None = None
-
-from plugins._process import LAUNCHER, group_alive, process_start_time, signal_group
+from agent.hookspecs import OperationResult, hookimpl
+from agent.procs import process_start_time
+from plugins._process import LAUNCHER, group_alive, signal_group
 from protocol import codes
 
 MESSAGE_TYPE = "execute-script"
