@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="running scripts as another user needs root"
@@ -83,3 +85,34 @@ async def wait_for_file(path: Path, timeout: float = 10.0) -> str:
 
 async def run(plugin, ctx, msg):
     return await plugin.ridgeline_agent_handle(msg, ctx)
+
+
+class AttachmentServer(Resource):
+    """``/attachment/<id>``: the file's body, only for the right X-Computer-ID."""
+
+    isLeaf = True
+
+    def __init__(self, files: dict[int, bytes], secure_id: bytes = b"secure-123") -> None:
+        super().__init__()
+        self.files = files
+        self.secure_id = secure_id
+        self.requests: list[bytes] = []
+        self.hanging: list = []
+
+    def render_GET(self, request):
+        self.requests.append(request.path)
+        parts = request.path.split(b"/")
+        if request.getHeader(b"X-Computer-ID") != self.secure_id:
+            request.setResponseCode(403)
+            return b"who are you?"
+        if parts[:2] != [b"", b"attachment"] or not parts[2].isdigit():
+            request.setResponseCode(404)
+            return b""
+        attachment_id = int(parts[2])
+        if attachment_id == 999:  # never answers
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        if attachment_id not in self.files:
+            request.setResponseCode(404)
+            return b"no such attachment"
+        return self.files[attachment_id]

@@ -9,44 +9,10 @@ import pytest
 import pytest_twisted
 import treq
 from treq.testing import StubTreq
-from twisted.internet import reactor as global_reactor
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from protocol import codes
 
-from scripts_support import FakeContext, message, needs_root
-
-
-class AttachmentServer(Resource):
-    """``/attachment/<id>``: the file's body, only for the right X-Computer-ID."""
-
-    isLeaf = True
-
-    def __init__(self, files: dict[int, bytes], secure_id: bytes = b"secure-123") -> None:
-        super().__init__()
-        self.files = files
-        self.secure_id = secure_id
-        self.requests: list[bytes] = []
-        self.hanging: list = []
-
-    def render_GET(self, request):
-        self.requests.append(request.path)
-        parts = request.path.split(b"/")
-        if request.getHeader(b"X-Computer-ID") != self.secure_id:
-            request.setResponseCode(403)
-            return b"who are you?"
-        if parts[:2] != [b"", b"attachment"] or not parts[2].isdigit():
-            request.setResponseCode(404)
-            return b""
-        attachment_id = int(parts[2])
-        if attachment_id == 999:  # never answers
-            self.hanging.append(request)
-            return NOT_DONE_YET
-        if attachment_id not in self.files:
-            request.setResponseCode(404)
-            return b"no such attachment"
-        return self.files[attachment_id]
+from scripts_support import AttachmentServer, FakeContext, message, needs_root
 
 
 LIST_CODE = (
