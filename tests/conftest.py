@@ -198,3 +198,58 @@ def make_distribution(tmp_path: Path, monkeypatch):
     for mod in list(sys.modules):
         if mod.split(".")[0] in made:
             del sys.modules[mod]
+
+
+# --- the server's database ----------------------------------------------------------
+
+
+@pytest.fixture
+def make_server_db():
+    """``make_server_db(url)``: a ``server.db.base.Database`` on a fresh schema with
+    the inline runner (its Deferreds have fired when a method returns)."""
+    made = []
+
+    def make(url: str):
+        from server.db.base import Database, create_engine, inline_runner
+        from server.db.tables import metadata
+
+        engine = create_engine(url)
+        metadata.create_all(engine)
+        db = Database(engine, inline_runner)
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        db.close()
+
+
+@pytest.fixture
+def server_db(make_server_db, database_url):
+    """A server database on SQLite and again on PostgreSQL."""
+    return make_server_db(database_url)
+
+
+@pytest.fixture
+def sqlite_server_db(make_server_db, sqlite_url):
+    """A server database on SQLite only."""
+    return make_server_db(sqlite_url)
+
+
+def result_of(deferred):
+    """The result of a Deferred that has already fired (inline runner); raises its failure."""
+    from twisted.python.failure import Failure
+
+    results: list = []
+    deferred.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    outcome = results[0]
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    return outcome
+
+
+@pytest.fixture
+def fired():
+    """``fired(d)``: the result of an already-fired Deferred, or its exception raised."""
+    return result_of
