@@ -219,7 +219,10 @@ class ScriptExecutionPlugin:
         The returned Deferred fires with an :class:`OperationResult`; it never
         fails for anything the script or the server's message does.
         """
-        if _text(message.get("type", ""), "message type") != MESSAGE_TYPE:
+        kind = message.get("type")
+        if isinstance(kind, bytes):
+            kind = kind.decode("utf-8", "replace")
+        if kind != MESSAGE_TYPE:
             return None
         operation_id = context.operation_id
         if operation_id in self._runs:

@@ -83,8 +83,17 @@ async def wait_for_file(path: Path, timeout: float = 10.0) -> str:
     raise AssertionError(f"{path} never appeared")
 
 
+#: A broken plugin fails the test after this long instead of hanging the suite.
+SAFETY_TIMEOUT = 60
+
+
 async def run(plugin, ctx, msg):
-    return await plugin.ridgeline_agent_handle(msg, ctx)
+    return await finish(plugin.ridgeline_agent_handle(msg, ctx))
+
+
+async def finish(d):
+    """Await a handle() Deferred, with :data:`SAFETY_TIMEOUT`."""
+    return await d.addTimeout(SAFETY_TIMEOUT, global_reactor)
 
 
 class AttachmentServer(Resource):

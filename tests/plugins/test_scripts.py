@@ -9,16 +9,19 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 
 from agent.procs import process_start_time
+from plugins._process import LAUNCHER
 from plugins.scripts import TRUNCATION_MARKER, OutputBuffer, ScriptExecutionPlugin
 from protocol import codes
 
-from scripts_support import FakeContext, alive, message, needs_root, run, wait_for_file
+from scripts_support import FakeContext, alive, finish, message, needs_root, run, wait_for_file
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -169,7 +172,6 @@ async def test_bad_time_limit_is_refused(plugin, tempdir, limit):
 async def test_environment_cwd_and_umask(plugin, tempdir, monkeypatch):
     monkeypatch.setenv("LANG", "C.UTF-8")
     monkeypatch.setenv("RIDGELINE_AGENT_SECRET", "must-not-leak")
-    monkeypatch.setenv("LD_PRELOAD", "")
     me = pwd.getpwuid(os.geteuid())
     code = "env | sort; echo cwd=$(pwd); echo umask=$(umask)"
     result = await run(plugin, FakeContext(tempdir), message(code, env={"GREETING": "hi there"}))
@@ -208,7 +210,10 @@ async def test_server_env_does_not_reach_the_privileged_launcher(plugin, tempdir
         'echo "preload=$LD_PRELOAD"', env={"LD_PRELOAD": "/no/such/lib.so",
                                           "PYTHONPATH": "/no/such/dir"}))
     assert result.status == codes.SUCCEEDED, result.result_text
-    assert result.result_text.splitlines()[-1] == "preload=/no/such/lib.so"
+    *complaints, last = result.result_text.splitlines()
+    assert last == "preload=/no/such/lib.so"
+    # Exactly one complaint: the script's own /bin/sh; none from the launcher.
+    assert len(complaints) == 1 and "/no/such/lib.so" in complaints[0], complaints
 
 
 @pytest_twisted.ensureDeferred
@@ -344,9 +349,37 @@ async def test_cancel_stops_the_whole_group_at_once(plugin, tempdir, tmp_path):
     pids = [int(p) for p in (await wait_for_file(pidfile)).split()]
     assert all(alive(p) for p in pids)
     assert plugin.ridgeline_agent_cancel(77) is True
-    result = await d
+    result = await finish(d)
     assert (result.status, result.result_code) == (codes.FAILED, codes.CANCELED)
     assert result.result_text == "started\nCanceled: the script was stopped."
     assert not any(alive(p) for p in pids)
     assert plugin.ridgeline_agent_cancel(77) is None, "a finished operation is not ours"
     assert list(tempdir.iterdir()) == []
+
+
+# --- launcher ---------------------------------------------------------------------
+
+
+def test_launcher_runs_nothing_without_its_spec(tmp_path):
+    # What happens when the agent dies after spawning, before sending the spec
+    # (that is, before the process was recorded): stdin hits EOF, nothing runs.
+    marker = tmp_path / "ran"
+    script = tmp_path / "script"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o700)
+    for stdin in (b"", b'{"script": "' + str(script).encode()):  # nothing / cut short
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER], input=stdin,
+                              capture_output=True, timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (125, b"", b"")
+    assert not marker.exists()
+
+
+@needs_root
+@pytest_twisted.ensureDeferred
+async def test_script_that_cannot_be_executed_says_why(plugin, tempdir):
+    tempdir.chmod(0o700)  # nobody cannot reach the script file
+    ctx = FakeContext(tempdir, script_users="ALL")
+    result = await run(plugin, ctx, message("echo never", username="nobody"))
+    assert (result.status, result.result_code) == (codes.FAILED, None)
+    assert result.result_text == "The script could not be started: Permission denied."
+    assert len(ctx.recorded) == 1 and list(tempdir.iterdir()) == []

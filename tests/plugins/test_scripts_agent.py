@@ -12,7 +12,7 @@ from agent.hookspecs import OperationContext
 from agent.plugins import AgentPlugins
 from protocol import codes
 
-from scripts_support import AttachmentServer, message, wait_for_file
+from scripts_support import AttachmentServer, finish, message, wait_for_file
 
 
 def context(tempdir, recorded, *, operation_id=1, http=None):
@@ -41,7 +41,7 @@ async def test_dispatch_through_the_agent_plugin_manager(tempdir):
     server = AttachmentServer({3: b"three"})
     ctx = context(tempdir, recorded, operation_id=9, http=StubTreq(server))
     msg = message('echo $$; cat "$RIDGELINE_ATTACHMENTS/f"', attachments={"f": 3})
-    result = await plugins.handle(msg, ctx)
+    result = await finish(plugins.handle(msg, ctx))
     pid, body = result.result_text.splitlines()
     assert (result.status, body) == (codes.SUCCEEDED, "three")
     assert [(op, pgid) for op, pgid, _ in recorded] == [(9, int(pid))]
@@ -56,6 +56,6 @@ async def test_cancel_through_the_agent_plugin_manager(tempdir, tmp_path):
                                                                         operation_id=4))
     await wait_for_file(flag)
     assert plugins.cancel(4) is True
-    result = await d
+    result = await finish(d)
     assert (result.status, result.result_code) == (codes.FAILED, codes.CANCELED)
     assert plugins.cancel(4) is False

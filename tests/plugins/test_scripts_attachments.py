@@ -12,7 +12,7 @@ from treq.testing import StubTreq
 
 from protocol import codes
 
-from scripts_support import AttachmentServer, FakeContext, message, needs_root
+from scripts_support import AttachmentServer, FakeContext, finish, message, needs_root, run
 
 
 LIST_CODE = (
@@ -28,7 +28,7 @@ async def test_attachments_are_fetched_and_removed(plugin, tempdir):
     server = AttachmentServer({7: b"seven", 8: b"eight"})
     ctx = FakeContext(tempdir, http=StubTreq(server))
     attachments = {"a.txt": 7, "b.txt": 8, "inline.txt": "inline content"}
-    result = await plugin.ridgeline_agent_handle(message(LIST_CODE, attachments=attachments), ctx)
+    result = await run(plugin, ctx, message(LIST_CODE, attachments=attachments))
     me = pwd.getpwuid(os.geteuid()).pw_name
     assert result.status == codes.SUCCEEDED, result.result_text
     assert result.result_text.splitlines() == [
@@ -46,8 +46,8 @@ async def test_attachments_are_fetched_and_removed(plugin, tempdir):
 async def test_attachments_belong_to_the_user(plugin, tempdir):
     server = AttachmentServer({7: b"seven"})
     ctx = FakeContext(tempdir, http=StubTreq(server), script_users=("nobody",))
-    result = await plugin.ridgeline_agent_handle(
-        message(LIST_CODE, username="nobody", attachments={"a.txt": 7}), ctx)
+    result = await run(plugin, ctx,
+                       message(LIST_CODE, username="nobody", attachments={"a.txt": 7}))
     assert result.status == codes.SUCCEEDED, result.result_text
     assert result.result_text.splitlines() == ["700 nobody", "a.txt: 600 nobody seven"]
     assert list(tempdir.iterdir()) == []
@@ -56,8 +56,8 @@ async def test_attachments_belong_to_the_user(plugin, tempdir):
 @pytest_twisted.ensureDeferred
 async def test_missing_attachment_fails_with_104(plugin, tempdir):
     ctx = FakeContext(tempdir, http=StubTreq(AttachmentServer({7: b"seven"})))
-    result = await plugin.ridgeline_agent_handle(
-        message("echo ran", attachments={"a.txt": 7, "gone.txt": 404}), ctx)
+    result = await run(plugin, ctx,
+                       message("echo ran", attachments={"a.txt": 7, "gone.txt": 404}))
     assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
     assert result.result_text == (
         "Could not download attachment 'gone.txt' (id 404): the server answered HTTP 404."
@@ -69,7 +69,7 @@ async def test_missing_attachment_fails_with_104(plugin, tempdir):
 @pytest_twisted.ensureDeferred
 async def test_secure_id_is_sent(plugin, tempdir):
     ctx = FakeContext(tempdir, http=StubTreq(AttachmentServer({7: b"x"})), secure_id=b"wrong")
-    result = await plugin.ridgeline_agent_handle(message("echo", attachments={"a": 7}), ctx)
+    result = await run(plugin, ctx, message("echo", attachments={"a": 7}))
     assert result.result_code == codes.ATTACHMENT_DOWNLOAD_FAILED
     assert result.result_text.endswith("the server answered HTTP 403.")
 
@@ -79,7 +79,7 @@ async def test_connection_error_fails_with_104(plugin, tempdir):
     ctx = FakeContext(tempdir, http=treq)
     # Port 1 on loopback: nothing listens, the connection is refused.
     ctx.attachment_url = lambda attachment_id: f"http://127.0.0.1:1/attachment/{attachment_id}"
-    result = await plugin.ridgeline_agent_handle(message("echo", attachments={"a": 5}), ctx)
+    result = await run(plugin, ctx, message("echo", attachments={"a": 5}))
     assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
     assert result.result_text.startswith("Could not download attachment 'a' (id 5): ")
     assert "Failure" not in result.result_text and "Traceback" not in result.result_text
@@ -91,7 +91,7 @@ async def test_connection_error_fails_with_104(plugin, tempdir):
 async def test_unsafe_attachment_names_are_refused(plugin, tempdir, name):
     server = AttachmentServer({7: b"seven"})
     ctx = FakeContext(tempdir, http=StubTreq(server))
-    result = await plugin.ridgeline_agent_handle(message("echo", attachments={name: 7}), ctx)
+    result = await run(plugin, ctx, message("echo", attachments={name: 7}))
     assert (result.status, result.result_code) == (codes.FAILED, None)
     assert result.result_text == f"The attachment name {name!r} is not a plain file name."
     assert server.requests == [] and list(tempdir.iterdir()) == []
@@ -104,7 +104,7 @@ async def test_cancel_during_download(plugin, tempdir):
     d = plugin.ridgeline_agent_handle(message("echo ran", attachments={"slow": 999}), ctx)
     assert len(server.hanging) == 1
     assert plugin.ridgeline_agent_cancel(5) is True
-    result = await d
+    result = await finish(d)
     assert (result.status, result.result_code) == (codes.FAILED, codes.CANCELED)
     assert result.result_text == "Canceled before the script started."
     assert ctx.recorded == [] and list(tempdir.iterdir()) == []
