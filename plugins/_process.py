@@ -64,6 +64,10 @@ def signal_group(pgid: int, sig: int) -> bool:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        # Only members we may not signal (an unprivileged agent and a setuid
+        # program): the group exists; nothing more can be done from here.
+        pass
     return True
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
@@ -268,6 +268,12 @@ class ScriptExecutionPlugin:
             return await self._execute(run, message, context)
         except _Refused as e:
             return OperationResult(codes.FAILED, e.text, e.code)
+        except OSError as e:
+            # Preparing files: a missing or full script_tempdir, for instance.
+            where = f" ({e.filename})" if e.filename else ""
+            return OperationResult(
+                codes.FAILED, f"The script could not be prepared: {e.strerror or e}{where}."
+            )
         except CancelledError:
             return OperationResult(
                 codes.FAILED, "Canceled before the script started.", codes.CANCELED
@@ -394,12 +400,10 @@ class ScriptExecutionPlugin:
                 await recorded
         except Exception as e:
             # Nothing has run yet: the launcher waits for its spec on stdin.
-            transport.signalProcess("KILL")
-            await proto.ended.wait()
+            await _kill_launcher(transport, proto)
             raise _Refused(f"The script was not started: its process could not be recorded ({e}).")
         if run.canceled:
-            transport.signalProcess("KILL")
-            await proto.ended.wait()
+            await _kill_launcher(transport, proto)
             raise CancelledError()
 
         spec = {
@@ -451,6 +455,14 @@ class ScriptExecutionPlugin:
 
 async def _constant(value):
     return value
+
+
+async def _kill_launcher(transport, proto: _ScriptProtocol) -> None:
+    try:
+        transport.signalProcess("KILL")
+    except ProcessExitedAlready:
+        pass
+    await proto.ended.wait()
 
 
 def _check_user(username: str, allowed) -> _User:

@@ -383,3 +383,28 @@ async def test_script_that_cannot_be_executed_says_why(plugin, tempdir):
     assert (result.status, result.result_code) == (codes.FAILED, None)
     assert result.result_text == "The script could not be started: Permission denied."
     assert len(ctx.recorded) == 1 and list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_script_tempdir_fails_with_a_sentence(plugin, tempdir):
+    ctx = FakeContext(tempdir / "missing")
+    result = await run(plugin, ctx, message("echo"))
+    assert (result.status, result.result_code) == (codes.FAILED, None)
+    assert result.result_text.startswith("The script could not be prepared: No such file")
+    assert ctx.recorded == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_record_process_runs_nothing(plugin, tempdir, tmp_path):
+    marker = tmp_path / "ran"
+
+    class Broken(FakeContext):
+        def record_process(self, pgid, start_time):
+            raise RuntimeError("database is locked")
+
+    result = await run(plugin, Broken(tempdir), message(f"touch {marker}"))
+    assert (result.status, result.result_code) == (codes.FAILED, None)
+    assert result.result_text == (
+        "The script was not started: its process could not be recorded (database is locked)."
+    )
+    assert not marker.exists() and list(tempdir.iterdir()) == []
