@@ -408,3 +408,9 @@ async def test_failing_record_process_runs_nothing(plugin, tempdir, tmp_path):
         "The script was not started: its process could not be recorded (database is locked)."
     )
     assert not marker.exists() and list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdin_is_empty(plugin, tempdir):
+    result = await run(plugin, FakeContext(tempdir), message("cat; echo end"))
+    assert result.result_text == "end\n"
