@@ -17,6 +17,7 @@ def _components() -> dict[str, Callable[[Database], object]]:
     # Imported here so that ``import server.db.base`` stays light for tools.
     from server.db.activities import ActivitiesConnector
     from server.db.apikeys import ApiKeysConnector
+    from server.db.attachments import AttachmentsConnector
     from server.db.computers import ComputersConnector
     from server.db.settings import SettingsConnector
 
@@ -26,6 +27,7 @@ def _components() -> dict[str, Callable[[Database], object]]:
         "apikeys": ApiKeysConnector,
         "computers": ComputersConnector,
         "activities": ActivitiesConnector,
+        "attachments": AttachmentsConnector,
     }
 
 
