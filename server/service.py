@@ -159,7 +159,11 @@ def build(reactor, config: ServerConfig, engine: sa.Engine, server_uuid: str, on
     pool = ThreadPool(minthreads=1, maxthreads=config.database_threads, name="ridgeline-db")
     ThreadPoolService(pool).setServiceParent(top)  # first in, last out
     db = attach_components(Database(engine, ThreadPoolRunner(reactor, pool)))
-    context = ServerContext(reactor=reactor, db=db, config=config, plugins=None, server_uuid=server_uuid, log=log)
+    from server.plugins import ActivityTypes
+
+    # Built-in types plus those of installed plugin packages (entry points).
+    plugins = ActivityTypes.from_plugins()
+    context = ServerContext(reactor=reactor, db=db, config=config, plugins=plugins, server_uuid=server_uuid, log=log)
     if config.job_handler:
         jobs = _optional_service("server.jobhandler", context)
         if jobs is not None:
