@@ -370,6 +370,73 @@ class ActivitiesConnector:
         figure = states.waiting_figure(is_group=pre.is_group, state=pre.state, progress=pre.progress, counts=pre.counts)
         return figure >= (100 if threshold is None else threshold)
 
+    # --- due work (the scheduler) ----------------------------------------------------
+    #
+    # Each query below reads one index range of ``activities`` and stops after
+    # ``limit`` rows, so the scheduler's cost per tick never grows with the number
+    # of activities: only with the rows that are in that state *and* due. The
+    # ``*_query`` functions at the bottom of this module build them (a test checks
+    # their plans on SQLite and PostgreSQL).
+
+    def due_scheduled_server_thd(self, conn, now: dt.datetime, limit: int) -> list[Activity]:
+        """``scheduled`` server activities whose ``deliver_after`` has come."""
+        return [_row_to_activity(r) for r in conn.execute(due_scheduled_server_query(now, limit))]
+
+    def due_held_thd(self, conn, now: dt.datetime, limit: int) -> list[Activity]:
+        """``blocked``/``held`` activities (approved, waiting for their time) whose time has come."""
+        return [_row_to_activity(r) for r in conn.execute(due_held_query(now, limit))]
+
+    def expired_thd(self, conn, state: str, now: dt.datetime, limit: int) -> list[Activity]:
+        """Undelivered activities in ``state`` whose ``deliver_before`` has passed."""
+        return [_row_to_activity(r) for r in conn.execute(expired_query(state, now, limit))]
+
+    def no_answer_due_thd(self, conn, now: dt.datetime, limit: int) -> list[Activity]:
+        """``in-progress`` client activities whose answer deadline has passed."""
+        return [_row_to_activity(r) for r in conn.execute(no_answer_due_query(now, limit))]
+
+    def provisional_cancels_due_thd(self, conn, now: dt.datetime, limit: int) -> list[Activity]:
+        """Provisionally ``canceled`` client activities whose answer deadline has passed."""
+        return [_row_to_activity(r) for r in conn.execute(provisional_cancels_due_query(now, limit))]
+
+    def waiting_decided_thd(self, conn, now: dt.datetime, limit: int) -> list[tuple[Activity, "WaitDecision"]]:
+        """``waiting`` activities that can go on (prerequisite met and time come) or
+        never will (prerequisite hopeless), each with the decision.
+
+        SQL preselects candidates (:func:`waiting_decided_query`); the decision is
+        then made by :mod:`server.states` (the one definition of the rule), reading
+        each prerequisite once per call.
+        """
+        rows = [_row_to_activity(r) for r in conn.execute(waiting_decided_query(now, limit))]
+        prerequisites: dict[int, Activity | None] = {}
+        out = []
+        for w in rows:
+            if w.wait_for_id is not None and w.wait_for_id not in prerequisites:
+                try:
+                    prerequisites[w.wait_for_id] = self.get_thd(conn, w.wait_for_id)
+                except ActivityNotFound:
+                    prerequisites[w.wait_for_id] = None
+            pre = prerequisites.get(w.wait_for_id) if w.wait_for_id is not None else None
+            out.append((w, decide_waiting(w, pre, now)))
+        return out
+
+    def finalize_provisional_cancel_thd(self, conn, activity_id: int, *, actor: str, reason: str,
+                                        now: dt.datetime) -> Activity | None:
+        """Make a provisional cancel final as it is (its state stays ``canceled``),
+        with an event in the history. Compare-and-set on the provisional flag:
+        returns None, changing nothing, when the agent's result (or another
+        scheduler) resolved it first."""
+        n = conn.execute(
+            activities.update()
+            .where(activities.c.id == activity_id, activities.c.state == states.CANCELED,
+                   activities.c.cancel_provisional == sa.true())
+            .values(cancel_provisional=False, answer_deadline=None, modified_at=now)
+        ).rowcount
+        if n != 1:
+            return None
+        a = self.get_thd(conn, activity_id)
+        self.record_event_thd(conn, a, "cancel-final", actor=actor, reason=reason, now=now)
+        return a
+
     # --- transitions ----------------------------------------------------------------
 
     def record_event_thd(self, conn, activity: Activity, event: str, *, actor: str, reason: str, now) -> None:
@@ -602,7 +669,23 @@ class ActivitiesConnector:
         - ``"late"``: the activity was already final; recorded as an event only;
         - ``"not-yours"``: no such activity for this computer; nothing changed (the
           caller logs it as a security event).
+
+        A result racing another change of the same activity (an administrator's
+        cancel, the scheduler's no-answer or the end of a provisional cancel) loses
+        its compare-and-set without writing anything; it is then applied once more
+        to what the activity has become, so the outcome is decided exactly once.
         """
+        try:
+            return self._apply_result_once_thd(conn, computer_id, operation_id, status, result_code, result_text,
+                                               now, actor)
+        except LostRace:
+            # Nothing was written (the compare-and-set comes first); the row moved
+            # meanwhile, and a second look sees its committed state.
+            return self._apply_result_once_thd(conn, computer_id, operation_id, status, result_code, result_text,
+                                               now, actor)
+
+    def _apply_result_once_thd(self, conn, computer_id, operation_id, status, result_code, result_text, now,
+                               actor) -> tuple[str, Activity | None]:
         row = conn.execute(sa.select(activities).where(activities.c.id == operation_id)).first()
         if row is None or row.computer_id != computer_id or row.kind != states.CLIENT:
             return "not-yours", None
@@ -617,11 +700,14 @@ class ActivitiesConnector:
             to = states.resolve_provisional_cancel(status, result_code)
             values["cancel_provisional"] = False
             if to == states.CANCELED:
-                conn.execute(
+                n = conn.execute(
                     activities.update()
-                    .where(activities.c.id == a.id, activities.c.cancel_provisional == sa.true())
+                    .where(activities.c.id == a.id, activities.c.state == states.CANCELED,
+                           activities.c.cancel_provisional == sa.true())
                     .values(**values, modified_at=now, answer_deadline=None)
-                )
+                ).rowcount
+                if n != 1:  # resolved meanwhile (e.g. the no-answer deadline): this result is late
+                    raise LostRace(f"activity {a.id} was resolved meanwhile", activity_id=a.id, current=a.state)
                 self.record_event_thd(conn, a, "cancel-confirmed", actor=actor,
                                       reason="the agent reports the work stopped because of the cancel", now=now)
                 return "resolved-cancel", self.get_thd(conn, a.id)
@@ -636,3 +722,164 @@ class ActivitiesConnector:
             reason=f"a result ({what}, code {result_code}) arrived while the activity was {a.state}; state unchanged",
         )
         return "late", a
+
+
+# --- the scheduler's due-time queries ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitDecision:
+    """What to do with a ``waiting`` activity: ``"go"`` (prerequisite met and time
+    come), ``"hopeless"`` (prerequisite can no longer reach the threshold; ``text``
+    names it) or ``"wait"``."""
+
+    action: str
+    text: str = ""
+
+
+def decide_waiting(w: Activity, pre: Activity | None, now: dt.datetime) -> WaitDecision:
+    """The waiting rule of ``spec/activities.md`` for one activity and its prerequisite.
+
+    Only succeeded work counts (:func:`server.states.waiting_figure`). A
+    prerequisite canceled *provisionally* (its agent may still report success) is
+    not hopeless yet: the decision waits for its resolution.
+    """
+    threshold = 100 if w.wait_for_threshold is None else w.wait_for_threshold
+    time_has_come = w.deliver_after is None or w.deliver_after <= now
+    if pre is None:
+        # No prerequisite (or it was purged): nothing to wait for but the time.
+        return WaitDecision("go" if time_has_come else "wait")
+    figure = states.waiting_figure(is_group=pre.is_group, state=pre.state, progress=pre.progress, counts=pre.counts)
+    if figure >= threshold:
+        return WaitDecision("go" if time_has_come else "wait")
+    if pre.cancel_provisional:
+        return WaitDecision("wait")
+    if states.waiting_is_hopeless(is_group=pre.is_group, state=pre.state, counts=pre.counts, threshold=threshold):
+        if pre.is_group:
+            total = pre.children_count
+            lost = pre.counts.get(states.FAILED, 0) + pre.counts.get(states.CANCELED, 0)
+            why = (f"group activity {pre.id}, which this activity waits for, can no longer reach {threshold}% "
+                   f"succeeded ({lost} of its {total} children failed or were canceled)")
+        else:
+            why = f"activity {pre.id}, which this activity waits for, ended {pre.state}"
+        return WaitDecision("hopeless", why)
+    return WaitDecision("wait")
+
+
+def _single() -> sa.ColumnElement[bool]:
+    # Group parents follow their children; the scheduler moves children only.
+    return activities.c.is_group == sa.false()
+
+
+def due_scheduled_server_query(now: dt.datetime, limit: int) -> sa.Select:
+    """Index (state, deliver_after): the range ``scheduled`` with ``deliver_after <=
+    now``, read in that order and cut at ``limit``. Overdue *client* scheduled rows
+    (delivered by their computer's next exchange) sit in the same range and are
+    skipped; there are only as many as computers that have not called in since
+    their time, and they leave by delivery or expiry."""
+    return (
+        sa.select(activities)
+        .where(activities.c.state == states.SCHEDULED, activities.c.deliver_after <= now,
+               activities.c.kind == states.SERVER, _single())
+        .order_by(activities.c.deliver_after)
+        .limit(limit)
+    )
+
+
+def due_held_query(now: dt.datetime, limit: int) -> sa.Select:
+    """Index (state, deliver_after): the range ``blocked`` with ``deliver_after <=
+    now``. Blocked rows awaiting approval or resume with a past time are in the
+    same range and skipped; they leave by the administrator or by expiry."""
+    return (
+        sa.select(activities)
+        .where(activities.c.state == states.BLOCKED, activities.c.deliver_after <= now,
+               activities.c.blocked_reason == states.HELD, _single())
+        .order_by(activities.c.deliver_after)
+        .limit(limit)
+    )
+
+
+EXPIRING_STATES = (states.QUEUED, states.SCHEDULED, states.WAITING, states.BLOCKED)
+
+
+def expired_query(state: str, now: dt.datetime, limit: int) -> sa.Select:
+    """Index (state, deliver_before): the range ``state`` with ``deliver_before <=
+    now`` (one query per undelivered state, so each is a single ordered range).
+    Every row read is expired except group parents (at most one per two children)."""
+    if state not in EXPIRING_STATES:
+        raise ValueError(f"{state} activities do not expire")
+    return (
+        sa.select(activities)
+        .where(activities.c.state == state, activities.c.deliver_before <= now, _single())
+        .order_by(activities.c.deliver_before)
+        .limit(limit)
+    )
+
+
+def no_answer_due_query(now: dt.datetime, limit: int) -> sa.Select:
+    """Index (state, answer_deadline): the range ``in-progress`` with ``answer_deadline
+    <= now``. Only delivered client activities get an answer deadline, so every row
+    read is one to end."""
+    return (
+        sa.select(activities)
+        .where(activities.c.state == states.IN_PROGRESS, activities.c.answer_deadline <= now,
+               activities.c.kind == states.CLIENT, _single())
+        .order_by(activities.c.answer_deadline)
+        .limit(limit)
+    )
+
+
+def provisional_cancels_due_query(now: dt.datetime, limit: int) -> sa.Select:
+    """Index (state, answer_deadline): the range ``canceled`` with ``answer_deadline
+    <= now``. A final transition clears the deadline, so only provisional cancels
+    keep one: every row read is one to finalise."""
+    return (
+        sa.select(activities)
+        .where(activities.c.state == states.CANCELED, activities.c.answer_deadline <= now,
+               activities.c.cancel_provisional == sa.true(), _single())
+        .order_by(activities.c.answer_deadline)
+        .limit(limit)
+    )
+
+
+def waiting_decided_query(now: dt.datetime, limit: int) -> sa.Select:
+    """``waiting`` rows (index (state, deliver_after), state part) joined to their
+    prerequisite by primary key, keeping those whose prerequisite is met and whose
+    time has come, or whose prerequisite is hopeless; cut at ``limit``.
+
+    It reads the waiting rows and nothing else: never more than the activities
+    that are waiting, each of which leaves by going on, by a hopeless prerequisite,
+    or by expiry (every activity gets a ``deliver_before``). The conditions mirror
+    :func:`server.states.waiting_figure` and :func:`server.states.waiting_is_hopeless`
+    in integer arithmetic (``floor(100*a/b) >= t`` is ``100*a >= t*b`` for whole
+    ``t``); :func:`decide_waiting` confirms each candidate.
+    """
+    w = activities
+    p = activities.alias("prerequisite")
+    t = sa.func.coalesce(w.c.wait_for_threshold, 100)
+    total = p.c.children_count
+    lost = p.c.n_failed + p.c.n_canceled
+    met = sa.or_(
+        p.c.id.is_(None),
+        t <= 0,
+        sa.and_(p.c.is_group == sa.true(), total > 0, 100 * p.c.n_succeeded >= t * total),
+        sa.and_(p.c.is_group == sa.false(),
+                sa.or_(p.c.state == states.SUCCEEDED,
+                       sa.and_(p.c.state == states.IN_PROGRESS, p.c.progress >= t))),
+    )
+    time_has_come = sa.or_(w.c.deliver_after.is_(None), w.c.deliver_after <= now)
+    hopeless = sa.and_(
+        p.c.id.is_not(None),
+        t > 0,
+        p.c.cancel_provisional == sa.false(),
+        sa.or_(
+            sa.and_(p.c.is_group == sa.true(), sa.or_(total == 0, 100 * (total - lost) < t * total)),
+            sa.and_(p.c.is_group == sa.false(), p.c.state.in_([states.FAILED, states.CANCELED])),
+        ),
+    )
+    return (
+        sa.select(w)
+        .select_from(w.outerjoin(p, p.c.id == w.c.wait_for_id))
+        .where(w.c.state == states.WAITING, w.c.is_group == sa.false(), sa.or_(sa.and_(met, time_has_come), hopeless))
+        .limit(limit)
+    )
