@@ -19,6 +19,8 @@ def _components() -> dict[str, Callable[[Database], object]]:
     from server.db.apikeys import ApiKeysConnector
     from server.db.attachments import AttachmentsConnector
     from server.db.computers import ComputersConnector
+    from server.db.exchangestate import ExchangeStateConnector
+    from server.db.outbox import OutboxConnector
     from server.db.settings import SettingsConnector
 
     # attribute on Database -> component class. Keep this list obvious.
@@ -27,6 +29,8 @@ def _components() -> dict[str, Callable[[Database], object]]:
         "apikeys": ApiKeysConnector,
         "computers": ComputersConnector,
         "activities": ActivitiesConnector,
+        "outbox": OutboxConnector,
+        "exchange": ExchangeStateConnector,
         "attachments": AttachmentsConnector,
     }
 
