@@ -143,7 +143,7 @@ def _activities(parser: argparse.ArgumentParser, common) -> None:
     p.add_argument("--type", metavar="TYPE")
     p.add_argument("--computer", type=positive_int, metavar="ID")
     p.add_argument("--parent", type=positive_int, metavar="ID", help="the children of group ID")
-    p.add_argument("--since", type=when_type, metavar="WHEN", help="created at or after WHEN")
+    p.add_argument("--since", type=when_type, metavar="WHEN", help="created at or after WHEN: ISO 8601, or relative as --since=-1h (an hour ago)")
     p.add_argument("--until", type=when_type, metavar="WHEN", help="created before WHEN")
     _paging(p)
     p.set_defaults(func=commands.activities_list)
@@ -160,6 +160,7 @@ def _activities(parser: argparse.ArgumentParser, common) -> None:
                        ("resume", "resume paused activities")):
         p = sub.add_parser(verb, parents=[common], help=text)
         p.add_argument("ids", type=positive_int, nargs="+", metavar="ID")
+        p.add_argument("--reason", metavar="TEXT", help="recorded in the history")
         p.set_defaults(func=commands.activities_verb)
 
     p = sub.add_parser("reapply", parents=[common], help="create the activity again, for the same computers")
@@ -177,7 +178,11 @@ def _activities(parser: argparse.ArgumentParser, common) -> None:
     p = sub.add_parser("output", parents=[common], help="write a server activity's job output")
     p.add_argument("id", type=positive_int, metavar="ID")
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--name", metavar="NAME", help="which output, when the job stored several")
     p.set_defaults(func=commands.activities_output)
+
+    p = sub.add_parser("types", parents=[common], help="list the activity types and their parameters")
+    p.set_defaults(func=commands.activities_types)
 
     p = sub.add_parser("run-script", parents=[common], help="run a script on computers (execute-script)")
     target = p.add_mutually_exclusive_group(required=True)
@@ -216,7 +221,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                 parser._add_action(action)
         parser.add_argument("--activity", type=positive_int, metavar="ID")
         parser.add_argument("--computer", type=positive_int, metavar="ID")
-        parser.add_argument("--since", type=when_type, metavar="WHEN", help="at or after WHEN (ISO 8601 or +/-)")
+        parser.add_argument("--since", type=when_type, metavar="WHEN", help="at or after WHEN: ISO 8601, or relative as --since=-10m (ten minutes ago)")
         _paging(parser)
         parser.set_defaults(func=commands.events)
     else:

@@ -91,8 +91,13 @@ def computers_accept(s: Session, args) -> int:
 
 
 def computers_remove(s: Session, args) -> int:
-    return _each(s, args.ids, lambda cid: s.client.delete(f"/computers/{cid}"),
-                 lambda cid, c: f"computer {cid} removed")
+    def describe(cid, c):
+        canceled = (c or {}).get("canceled_activity_ids") or []
+        if not canceled:
+            return f"computer {cid} removed"
+        return f"computer {cid} removed; canceled its activities {', '.join(map(str, canceled))}"
+
+    return _each(s, args.ids, lambda cid: s.client.delete(f"/computers/{cid}"), describe)
 
 
 def computers_tag(s: Session, args) -> int:
@@ -175,9 +180,11 @@ def activities_verb(s: Session, args) -> int:
     def describe(aid, a):
         if fmt.computer_label(a).startswith("group"):
             return f"activity {aid} {PAST[verb]}: {fmt.group_progress_line(a)}"
-        return f"activity {aid} {PAST[verb]}; now {fmt.state_label(a)}"
+        now = fmt.state_label(a)
+        return f"activity {aid} {PAST[verb]}" + ("" if now == PAST[verb] else f"; now {now}")
 
-    return _each(s, args.ids, lambda aid: s.client.post(f"/activities/{aid}/{verb}"), describe)
+    body = {"reason": args.reason} if args.reason else None
+    return _each(s, args.ids, lambda aid: s.client.post(f"/activities/{aid}/{verb}", body), describe)
 
 
 def activities_reapply(s: Session, args) -> int:
@@ -190,7 +197,8 @@ def activities_reapply(s: Session, args) -> int:
 
 
 def activities_output(s: Session, args) -> int:
-    data = s.client.request("GET", f"/activities/{args.id}/output", raw=True)
+    query = {"name": args.name} if args.name else None
+    data = s.client.request("GET", f"/activities/{args.id}/output", query=query, raw=True)
     if args.output:
         try:
             Path(args.output).write_bytes(data)
@@ -204,6 +212,21 @@ def activities_output(s: Session, args) -> int:
         buffer.flush()
     else:
         s.out.write(data.decode("utf-8", "replace"))
+    return 0
+
+
+def activities_types(s: Session, args) -> int:
+    reply = s.client.get("/activity-types")
+    if s.json:
+        s.dump(reply)
+        return 0
+    rows = []
+    for t in _results(reply)[0]:
+        schema = t.get("parameters_schema") or {}
+        required = set(schema.get("required") or ())
+        params = " ".join(p if p in required else f"[{p}]" for p in (schema.get("properties") or {}))
+        rows.append((t.get("name"), t.get("kind"), params or "-", fmt.short(t.get("description"))))
+    s.print(fmt.table(("TYPE", "KIND", "PARAMETERS", "DESCRIPTION"), rows))
     return 0
 
 
@@ -370,7 +393,7 @@ def activities_run_job(s: Session, args) -> int:
 
 def events(s: Session, args) -> int:
     reply = s.client.get("/events", activity_id=args.activity, computer_id=args.computer,
-                         since=args.since and iso(args.since), limit=args.limit, offset=args.offset)
+                         after=args.since and iso(args.since), limit=args.limit, offset=args.offset)
     # The API lists newest first; people read a log oldest first.
     return _print_list(s, reply, lambda items: fmt.events_table(list(reversed(items)), s.tz), args.offset or 0)
 

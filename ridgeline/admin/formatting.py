@@ -262,7 +262,12 @@ def transition_line(activity_id: Any, entry: Mapping[str, Any], tz: dt.tzinfo | 
 
 
 def final_line(activity: Mapping[str, Any]) -> str:
-    """The last line of ``watch``: the final state and the result."""
-    line = f"activity {activity.get('id')} {state_label(activity)}"
-    result = result_label(activity) if (activity.get("result_text") or activity.get("result_name")) else ""
+    """The last line of ``watch``: the final state and the result (a group: its counts)."""
+    line = f"activity {activity.get('id')} ended {state_label(activity)}"
+    if activity.get("is_group") or activity.get("children_count"):
+        result = counts_line(activity.get("counts") or {})
+    elif activity.get("result_text") or activity.get("result_name"):
+        result = result_label(activity)
+    else:
+        result = ""
     return f"{line}: {result}" if result else line

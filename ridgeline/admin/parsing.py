@@ -2,7 +2,8 @@
 
 - WHEN: an ISO 8601 time (a time without a zone is local time, as a person at the
   keyboard means it) or a relative time from now: ``+30s``, ``+5m``, ``+2h``,
-  ``+1d``, or a sum such as ``+1h30m``; ``now`` is accepted too.
+  ``+1d``, or a sum such as ``+1h30m``; ``-1h`` is an hour ago (for ``--since``);
+  ``now`` is accepted too.
 - ``--param k=v``: the value is JSON when it parses as JSON (``3``, ``true``,
   ``[1,2]``, ``{"a":1}``, ``"quoted"``), otherwise the plain string.
 - ``--wait-for ID[:THRESHOLD]``: an activity id and a percentage 0–100.
@@ -18,7 +19,7 @@ from typing import Any, Iterable
 UTC = dt.timezone.utc
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_RELATIVE = re.compile(r"\+((?:\d+[smhd])+)")
+_RELATIVE = re.compile(r"([+-])((?:\d+[smhd])+)")
 _PART = re.compile(r"(\d+)([smhd])")
 
 
@@ -33,10 +34,12 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
         return now.astimezone(UTC)
     m = _RELATIVE.fullmatch(value)
     if m:
-        seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(m.group(1)))
+        seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(m.group(2)))
+        if m.group(1) == "-":
+            seconds = -seconds
         return (now + dt.timedelta(seconds=seconds)).astimezone(UTC)
-    if value.startswith("+"):
-        raise ValueProblem(f"{text!r} is not a relative time; use e.g. +30s, +5m, +2h, +1d")
+    if value.startswith(("+", "-")):
+        raise ValueProblem(f"{text!r} is not a relative time; use e.g. +30s, +5m, +2h, +1d (or -1h: ago)")
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
