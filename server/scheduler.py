@@ -77,24 +77,29 @@ class TickReport:
                 + self.no_answer + self.cancels_final)
 
 
-@dataclass
-class _Batch:
-    """One transaction's outcome: rows read, rows moved per report field, server
-    activities queued."""
+@dataclass(frozen=True)
+class Move:
+    """One change the scheduler decided on: ``activity`` (as read) goes ``to``
+    (None: a provisional cancel becomes final, its state unchanged), with the
+    history ``reason`` and column ``values``; ``counted_as`` names the
+    :class:`TickReport` field it counts in."""
 
-    read: int = 0
-    moved: dict[str, int] = field(default_factory=dict)
-    server_queued: int = 0
-
-    def add(self, other: "_Batch") -> None:
-        self.read += other.read
-        self.server_queued += other.server_queued
-        for k, v in other.moved.items():
-            self.moved[k] = self.moved.get(k, 0) + v
+    activity: Activity
+    to: str | None
+    reason: str
+    counted_as: str
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 class Scheduler:
-    """The rules above, one transaction per rule and batch.
+    """The rules above.
+
+    Each rule reads its due rows in one short transaction (a bounded, indexed
+    query), then applies each change in a transaction of its own: a change locks
+    the activity's row and, for a group child, its parent's, so holding one
+    change's locks at a time keeps the scheduler from blocking exchanges for a
+    whole batch and from deadlocking with them on parents. The compare-and-set
+    makes a stale read harmless.
 
     ``lease_sweep``: ``f(context, now) -> int | Deferred[int]`` ending expired job
     leases, or None to look for the queue's own (see :func:`find_lease_sweep`).
@@ -113,29 +118,30 @@ class Scheduler:
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.context.reactor.seconds(), tz=dt.timezone.utc)
 
+    @property
+    def rules(self) -> list[tuple[str, Callable]]:
+        """(name, selector) in the order a tick applies them. A selector
+        ``f(conn, now, limit) -> (rows read, [Move])`` reads one bounded batch."""
+        return [
+            ("expiry", self.select_expired_thd),
+            ("waiting", self.select_waiting_thd),
+            ("held", self.select_held_thd),
+            ("scheduled", self.select_scheduled_server_thd),
+            ("no-answer", self.select_no_answer_thd),
+            ("provisional-cancel", self.select_provisional_cancels_thd),
+        ]
+
     async def tick(self) -> TickReport:
         """Apply every rule once at the reactor's current time."""
         now = self.now()
         report = TickReport()
         server_queued = 0
-        rules: list[tuple[str, Callable]] = [
-            ("expiry", self._expire_thd),
-            ("waiting", self._waiting_thd),
-            ("held", self._release_held_thd),
-            ("scheduled", self._queue_scheduled_server_thd),
-            ("no-answer", self._no_answer_thd),
-            ("provisional-cancel", self._finalize_cancels_thd),
-        ]
-        for name, rule in rules:
+        for name, select in self.rules:
             try:
-                total = await self._drain(rule, now)
-            except Exception as e:  # a database error: this rule retries next tick
+                server_queued += await self._drain(name, select, now, report)
+            except Exception as e:  # the read failed (database trouble): retried next tick
                 log.failure("scheduler rule {rule} failed", rule=name)
                 report.errors.append(f"{name}: {e}")
-                continue
-            for field_name, n in total.moved.items():
-                setattr(report, field_name, getattr(report, field_name) + n)
-            server_queued += total.server_queued
         if self.lease_sweep is not None:
             try:
                 report.leases_swept = int(await defer.maybeDeferred(self.lease_sweep, self.context, now) or 0)
@@ -148,18 +154,46 @@ class Scheduler:
             log.debug("scheduler tick: {report}", report=report)
         return report
 
-    async def _drain(self, rule: Callable, now: dt.datetime) -> _Batch:
-        """Run ``rule`` in batches until one comes back short (or ``max_batches``)."""
-        total = _Batch()
+    async def _drain(self, name: str, select: Callable, now: dt.datetime, report: TickReport) -> int:
+        """Read and apply batches of one rule until a batch comes back short (or
+        ``max_batches``); returns how many server activities became queued."""
+        server_queued = 0
         for _ in range(self.max_batches):
-            batch: _Batch = await self.db.run(rule, now)
-            total.add(batch)
-            if batch.read < self.batch_size or not any(batch.moved.values()):
-                # Short batch: nothing more is due. A full batch that moved
-                # nothing is made of rows another process took meanwhile: they
-                # are gone by the next tick, no need to read them again now.
+            read, moves = await self.db.run(select, now, self.batch_size)
+            moved = 0
+            for move in moves:
+                try:
+                    done = await self.db.run(self.apply_thd, move, now)
+                except Exception as e:  # e.g. a deadlock victim: this one is retried next tick
+                    log.failure("scheduler: {rule} of activity {id} failed", rule=name, id=move.activity.id)
+                    report.errors.append(f"{name} of activity {move.activity.id}: {e}")
+                    continue
+                if not done:
+                    continue
+                moved += 1
+                setattr(report, move.counted_as, getattr(report, move.counted_as) + 1)
+                if move.to == states.QUEUED and move.activity.kind == states.SERVER:
+                    server_queued += 1
+            if read < self.batch_size or moved == 0:
+                # Short batch: nothing more is due now. A full batch that moved
+                # nothing is made of rows others took meanwhile: read again next tick.
                 break
-        return total
+        return server_queued
+
+    def apply_thd(self, conn, move: Move, now: dt.datetime) -> bool:
+        """Apply one decided change; False (nothing written) when the activity
+        changed since it was read."""
+        acts = self.db.activities
+        a = move.activity
+        if move.to is None:
+            return acts.finalize_provisional_cancel_thd(conn, a.id, actor=ACTOR, reason=move.reason,
+                                                        now=now) is not None
+        try:
+            acts.transition_thd(conn, a.id, a.state, move.to, actor=ACTOR, reason=move.reason, now=now,
+                                values=move.values)
+        except states.TransitionError:  # includes LostRace: the compare-and-set wrote nothing
+            return False
+        return True
 
     async def _publish(self, report: TickReport) -> bool:
         queue = getattr(self.context, "queue", None)
@@ -176,99 +210,70 @@ class Scheduler:
             return False
         return True
 
-    # --- the rules (each runs in one transaction) ------------------------------------
+    # --- the selectors (each one bounded, indexed read) -----------------------------
 
-    def _move_thd(self, conn, rows: list[Activity], to: str, now: dt.datetime, counted_as: str,
-                  why: Callable[[Activity], tuple[str, dict[str, Any]]]) -> _Batch:
-        """Move each row from the state it was read in to ``to``; skip the ones that
-        changed meanwhile (their compare-and-set writes nothing)."""
+    def select_expired_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
         acts = self.db.activities
-        batch = _Batch(read=len(rows), moved={counted_as: 0})
-        for a in rows:
-            reason, values = why(a)
-            try:
-                acts.transition_thd(conn, a.id, a.state, to, actor=ACTOR, reason=reason, now=now, values=values)
-            except states.TransitionError:  # includes LostRace
-                continue
-            batch.moved[counted_as] += 1
-            if to == states.QUEUED and a.kind == states.SERVER:
-                batch.server_queued += 1
-        return batch
-
-    def _expire_thd(self, conn, now: dt.datetime) -> _Batch:
-        acts = self.db.activities
-        total = _Batch()
+        rows: list[Activity] = []
         # One indexed range per undelivered state; the batch limit is shared.
         for state in EXPIRING_STATES:
-            rows = acts.expired_thd(conn, state, now, self.batch_size - total.read)
-            total.add(self._move_thd(conn, rows, states.CANCELED, now, "expired", _expiry_reason))
-            if total.read >= self.batch_size:
+            if len(rows) >= limit:
                 break
-        return total
-
-    def _waiting_thd(self, conn, now: dt.datetime) -> _Batch:
-        decided = self.db.activities.waiting_decided_thd(conn, now, self.batch_size)
-        texts = {w.id: d.text for w, d in decided}
-        ready = [w for w, d in decided if d.action == "go"]
-        hopeless = [w for w, d in decided if d.action == "hopeless"]
-
-        def why_go(a: Activity):
-            if a.wait_for_id is None:
-                return "its time has come", {}
-            return f"activity {a.wait_for_id}, which it waits for, reached the threshold, and its time has come", {}
-
-        def why_hopeless(a: Activity):
-            # No result code: none of the spec's codes says "prerequisite failed"
-            # (``canceled`` means an administrator's cancel); the text names it.
-            return texts[a.id], {"result_code": None, "result_text": f"Canceled: {texts[a.id]}."}
-
-        batch = _Batch(read=len(decided))
-        batch.add(self._move_thd(conn, hopeless, states.CANCELED, now, "hopeless", why_hopeless))
-        batch.add(self._move_thd(conn, ready, states.QUEUED, now, "waits_met", why_go))
-        batch.read = len(decided)
-        return batch
-
-    def _release_held_thd(self, conn, now: dt.datetime) -> _Batch:
-        rows = self.db.activities.due_held_thd(conn, now, self.batch_size)
-        return self._move_thd(conn, rows, states.QUEUED, now, "held_released",
-                              lambda a: (f"approved and its time ({_iso(a.deliver_after)}) has come", {}))
-
-    def _queue_scheduled_server_thd(self, conn, now: dt.datetime) -> _Batch:
-        rows = self.db.activities.due_scheduled_server_thd(conn, now, self.batch_size)
-        return self._move_thd(conn, rows, states.QUEUED, now, "scheduled_queued",
-                              lambda a: (f"its time ({_iso(a.deliver_after)}) has come", {}))
-
-    def _no_answer_thd(self, conn, now: dt.datetime) -> _Batch:
-        rows = self.db.activities.no_answer_due_thd(conn, now, self.batch_size)
-
-        def why(a: Activity):
-            text = f"no answer from the agent by {_iso(a.answer_deadline)}"
-            return text, {"result_code": codes.NO_ANSWER,
-                          "result_text": f"No answer: the agent did not report a result by {_iso(a.answer_deadline)}."}
-
-        return self._move_thd(conn, rows, states.FAILED, now, "no_answer", why)
-
-    def _finalize_cancels_thd(self, conn, now: dt.datetime) -> _Batch:
-        acts = self.db.activities
-        rows = acts.provisional_cancels_due_thd(conn, now, self.batch_size)
-        batch = _Batch(read=len(rows), moved={"cancels_final": 0})
+            rows += acts.expired_thd(conn, state, now, limit - len(rows))
+        moves = []
         for a in rows:
-            done = acts.finalize_provisional_cancel_thd(
-                conn, a.id, actor=ACTOR, now=now,
-                reason=f"no answer from the agent by {_iso(a.answer_deadline)}; the cancel is final",
-            )
-            if done is not None:
-                batch.moved["cancels_final"] += 1
-        return batch
+            text = f"not delivered before {_iso(a.deliver_before)}"
+            moves.append(Move(a, states.CANCELED, f"expired: {text}", "expired",
+                              {"result_code": codes.EXPIRED, "result_text": f"Expired: {text}."}))
+        return len(rows), moves
+
+    def select_waiting_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
+        decided = self.db.activities.waiting_decided_thd(conn, now, limit)
+        moves = []
+        for w, d in decided:
+            if d.action == "hopeless":
+                # No result code: none of the spec's codes says "prerequisite
+                # failed" (``canceled`` is an administrator's cancel); the text
+                # names the prerequisite.
+                moves.append(Move(w, states.CANCELED, d.text, "hopeless",
+                                  {"result_code": None, "result_text": f"Canceled: {d.text}."}))
+            elif d.action == "go":
+                reason = ("its time has come" if w.wait_for_id is None else
+                          f"activity {w.wait_for_id}, which it waits for, reached the threshold, "
+                          "and its time has come")
+                moves.append(Move(w, states.QUEUED, reason, "waits_met"))
+            else:  # the query and the state machine disagree: say so, change nothing
+                log.warn("scheduler: waiting activity {id} was selected but is not decided", id=w.id)
+        return len(decided), moves
+
+    def select_held_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
+        rows = self.db.activities.due_held_thd(conn, now, limit)
+        return len(rows), [Move(a, states.QUEUED, f"approved and its time ({_iso(a.deliver_after)}) has come",
+                                "held_released") for a in rows]
+
+    def select_scheduled_server_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
+        rows = self.db.activities.due_scheduled_server_thd(conn, now, limit)
+        return len(rows), [Move(a, states.QUEUED, f"its time ({_iso(a.deliver_after)}) has come",
+                                "scheduled_queued") for a in rows]
+
+    def select_no_answer_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
+        rows = self.db.activities.no_answer_due_thd(conn, now, limit)
+        moves = []
+        for a in rows:
+            deadline = _iso(a.answer_deadline)
+            moves.append(Move(a, states.FAILED, f"no answer from the agent by {deadline}", "no_answer",
+                              {"result_code": codes.NO_ANSWER,
+                               "result_text": f"No answer: the agent did not report a result by {deadline}."}))
+        return len(rows), moves
+
+    def select_provisional_cancels_thd(self, conn, now: dt.datetime, limit: int) -> tuple[int, list[Move]]:
+        rows = self.db.activities.provisional_cancels_due_thd(conn, now, limit)
+        return len(rows), [Move(a, None, f"no answer from the agent by {_iso(a.answer_deadline)}; "
+                                         "the cancel is final", "cancels_final") for a in rows]
 
 
 def _iso(t: dt.datetime | None) -> str:
     return t.isoformat() if t is not None else "(none)"
-
-
-def _expiry_reason(a: Activity) -> tuple[str, dict[str, Any]]:
-    text = f"not delivered before {_iso(a.deliver_before)}"
-    return f"expired: {text}", {"result_code": codes.EXPIRED, "result_text": f"Expired: {text}."}
 
 
 #: Where the queue/job-handler engineer's lease sweep may live, in order.
