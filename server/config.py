@@ -141,6 +141,16 @@ def _parse_queue_url(text: str) -> str:
     raise ValueError('expected "db" or an amqp:// or amqps:// URL')
 
 
+def _parse_time_limits(text: str) -> tuple[tuple[str, int], ...]:
+    limits: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, duration = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected TYPE=DURATION, got {part!r}")
+        limits[name.strip()] = parse_duration(duration)
+    return tuple(sorted(limits.items()))
+
+
 def _parse_log_level(text: str) -> str:
     t = text.strip().lower()
     if t not in ("debug", "info", "warn", "error", "critical"):
@@ -230,6 +240,16 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("retry_count", _parse_non_negative_int, 0, "times a failed server activity is retried",
            metavar="N"),
+    Option("job_concurrency", _parse_positive_int, 4, "jobs one job-handler runs at once", metavar="N"),
+    Option("job_time_limit", parse_duration, 3600,
+           "time limit of a job whose type sets none", metavar="DURATION"),
+    Option("job_time_limits", _parse_time_limits, (),
+           "time limits per job type, e.g. activity-report=10m,purge-activities=2h (override the type's own)",
+           metavar="TYPE=DURATION,..."),
+    Option("job_grace", parse_duration, 20,
+           "how long a canceled job, or running jobs at shutdown, get to stop", metavar="DURATION"),
+    Option("job_output_max_size", parse_size, 10 * MiB, "largest total output one job may store",
+           metavar="SIZE"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -238,9 +258,12 @@ OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 # the environment (one config file serves them all); flags are per command.
 COMMON_OPTIONS = ("data_dir", "database_url", "database_password_file", "log_level")
 SERVER_OPTIONS = tuple(o.name for o in OPTIONS if not o.secret)
-JOB_HANDLER_OPTIONS = COMMON_OPTIONS + ("db_threads", "queue_url", "lease_seconds", "retry_count")
+JOB_HANDLER_OPTIONS = COMMON_OPTIONS + ("db_threads", "queue_url", "lease_seconds", "retry_count",
+                                        "job_concurrency", "job_time_limit", "job_time_limits", "job_grace",
+                                        "job_output_max_size")
 # Flag spellings that differ from the option name (the first one is shown).
-_FLAGS = {"database_url": ("--database", "--database-url")}
+_FLAGS = {"database_url": ("--database", "--database-url"), "queue_url": ("--queue", "--queue-url"),
+          "job_concurrency": ("--concurrency", "--job-concurrency")}
 
 
 @dataclass(frozen=True)
@@ -270,6 +293,11 @@ class ServerConfig:
     job_handler: bool = True
     lease_seconds: int = 30
     retry_count: int = 0
+    job_concurrency: int = 4
+    job_time_limit: int = 3600
+    job_time_limits: tuple[tuple[str, int], ...] = ()
+    job_grace: int = 20
+    job_output_max_size: int = 10 * MiB
 
     def __repr__(self) -> str:  # secrets stay out of logs and tracebacks
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

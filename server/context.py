@@ -26,6 +26,11 @@ class ServerContext:
       activity-types module provides one.
     - ``server_uuid``: this installation's uuid (stable, stored in the database).
     - ``log``: a ``twisted.logger.Logger`` for the server.
+    - ``queue``: the ``server.queue.publisher.Publisher`` of this process, or None
+      (tools). ``queue.publish_pending()`` publishes committed ``queued`` server
+      activities (call it after creating or queueing one; it never fails, and a
+      periodic sweep catches anything missed); ``queue.sweep_expired_leases(now)``
+      ends expired job leases; ``queue.queue`` is the underlying ``JobQueue``.
     """
 
     reactor: Any
@@ -34,3 +39,4 @@ class ServerContext:
     plugins: Any = None
     server_uuid: str = ""
     log: Logger = field(default_factory=lambda: Logger(namespace="ridgeline.server"))
+    queue: Any = None

@@ -163,7 +163,15 @@ def build(reactor, config: ServerConfig, engine: sa.Engine, server_uuid: str, on
 
     # Built-in types plus those of installed plugin packages (entry points).
     plugins = ActivityTypes.from_plugins()
-    context = ServerContext(reactor=reactor, db=db, config=config, plugins=plugins, server_uuid=server_uuid, log=log)
+    # The queue of server activities and its unpublished sweep (before the
+    # job-handler: started first, stopped last).
+    from server.queue import make_publisher
+    from server.queue.publisher import QueueService
+
+    publisher = make_publisher(config, reactor=reactor, db=db, types=plugins)
+    QueueService(publisher).setServiceParent(top)
+    context = ServerContext(reactor=reactor, db=db, config=config, plugins=plugins, server_uuid=server_uuid, log=log,
+                            queue=publisher)
     if config.job_handler:
         jobs = _optional_service("server.jobhandler", context)
         if jobs is not None:

@@ -21,6 +21,7 @@ def _components() -> dict[str, Callable[[Database], object]]:
     from server.db.computers import ComputersConnector
     from server.db.exchangestate import ExchangeStateConnector
     from server.db.outbox import OutboxConnector
+    from server.db.joboutputs import JobOutputsConnector
     from server.db.settings import SettingsConnector
 
     # attribute on Database -> component class. Keep this list obvious.
@@ -31,6 +32,7 @@ def _components() -> dict[str, Callable[[Database], object]]:
         "activities": ActivitiesConnector,
         "outbox": OutboxConnector,
         "exchange": ExchangeStateConnector,
+        "joboutputs": JobOutputsConnector,
         "attachments": AttachmentsConnector,
     }
 
