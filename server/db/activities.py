@@ -509,6 +509,10 @@ class ActivitiesConnector:
             update.setdefault("answer_deadline", None)
         if to == states.IN_PROGRESS and current.kind == states.CLIENT:
             update.setdefault("delivered_at", now)
+        if to == states.QUEUED and current.kind == states.SERVER:
+            # (Re)entering the queue: the publisher must publish it again (an
+            # earlier message, if any, was dropped while it was not queued).
+            update.setdefault("published_at", None)
         cond = [activities.c.id == activity_id, activities.c.state == expected]
         if _resolving_cancel:
             cond.append(activities.c.cancel_provisional == sa.true())
