@@ -3,7 +3,6 @@ driven through ``treq.testing.StubTreq`` with an injected ``Clock``."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -62,12 +61,8 @@ class Api:
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
         self.config = config or ServerConfig()
-        self.context = ServerContext(reactor=self.clock, db=self.db, config=self.config, plugins=activity_types())
-        if queue is not None:
-            # ``queue`` is the queue engineer's addition to ServerContext; until it
-            # exists, a context carrying one is built from the same fields.
-            fields = {f.name: getattr(self.context, f.name) for f in dataclasses.fields(self.context)}
-            self.context = type("QueueContext", (), {**fields, "queue": queue})()
+        self.context = ServerContext(reactor=self.clock, db=self.db, config=self.config, plugins=activity_types(),
+                                     queue=queue)
         self.treq = StubTreq(web.build_root(self.context))
         self.key = fired(self.db.apikeys.create("admin", NOW))[1]
 
