@@ -402,3 +402,11 @@ def test_watch_json_prints_a_line_per_change():
     assert commands.watch(s, 8) == 0
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [x["state"] for x in lines] == ["queued", "in-progress", "in-progress", "succeeded"]
+
+
+def test_output_listing_is_told_apart_from_an_output():
+    listing = json.dumps({"results": [{"name": "a.csv", "size": 3, "content_type": "text/csv"}]}).encode()
+    assert [i["name"] for i in commands._output_listing(listing)] == ["a.csv"]
+    assert commands._output_listing(b"id,state\n1,queued\n") is None
+    assert commands._output_listing(b'{"results": [{"id": 1}]}') is None
+    assert commands._output_listing(b'[1, 2]') is None

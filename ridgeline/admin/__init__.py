@@ -178,7 +178,7 @@ def _activities(parser: argparse.ArgumentParser, common) -> None:
     p = sub.add_parser("output", parents=[common], help="write a server activity's job output")
     p.add_argument("id", type=positive_int, metavar="ID")
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
-    p.add_argument("--name", metavar="NAME", help="which output, when the job stored several")
+    p.add_argument("name", nargs="?", metavar="NAME", help="which output, when the job stored several")
     p.set_defaults(func=commands.activities_output)
 
     p = sub.add_parser("types", parents=[common], help="list the activity types and their parameters")

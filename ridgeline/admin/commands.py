@@ -196,9 +196,38 @@ def activities_reapply(s: Session, args) -> int:
     return 0
 
 
+def _output_listing(data: bytes) -> list[Mapping[str, Any]] | None:
+    """The outputs named by a ``GET /activities/{id}/output`` listing, or None when
+    the reply is the output itself."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return None
+    items = reply.get("results") if isinstance(reply, Mapping) else None
+    if isinstance(items, list) and all(isinstance(i, Mapping) and "name" in i and "size" in i for i in items):
+        return items
+    return None
+
+
 def activities_output(s: Session, args) -> int:
-    query = {"name": args.name} if args.name else None
-    data = s.client.request("GET", f"/activities/{args.id}/output", query=query, raw=True)
+    from urllib.parse import quote
+
+    base = f"/activities/{args.id}/output"
+    if args.name:
+        data = s.client.request("GET", f"{base}/{quote(args.name, safe='')}", raw=True)
+    else:
+        data = s.client.request("GET", base, raw=True)
+        listing = _output_listing(data)
+        if listing is not None:
+            # The job stored named outputs: one is the answer, several need a choice.
+            if not listing:
+                raise CliError(f"activity {args.id} has no output")
+            if len(listing) > 1:
+                names = ", ".join(str(i["name"]) for i in listing)
+                raise UsageError(f"activity {args.id} has several outputs ({names}); name one: "
+                                 f"ridgeline activities output {args.id} NAME")
+            name = str(listing[0]["name"])
+            data = s.client.request("GET", f"{base}/{quote(name, safe='')}", raw=True)
     if args.output:
         try:
             Path(args.output).write_bytes(data)
