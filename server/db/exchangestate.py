@@ -18,6 +18,7 @@ answers for any number of activities; a test checks it against
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -83,12 +84,40 @@ class ExchangeState:
     server_sequence: int
     client_accepted_types: tuple[str, ...]
     client_accepted_types_hash: bytes | None
+    client_api: str | None
     oldest_kept: int | None
     has_work: bool
 
     @property
     def accepted(self) -> bool:
         return self.status == ACCEPTED
+
+
+def _state(row) -> ExchangeState:
+    return ExchangeState(
+        id=row.id,
+        status=row.status,
+        title=row.title,
+        account_name=row.account_name,
+        exchange_token_hash=row.exchange_token_hash,
+        client_sequence=row.client_sequence,
+        server_sequence=row.server_sequence,
+        client_accepted_types=tuple(t for t in row.client_accepted_types.split(";") if t),
+        client_accepted_types_hash=(
+            bytes.fromhex(row.client_accepted_types_hash) if row.client_accepted_types_hash else None
+        ),
+        client_api=row.client_api,
+        oldest_kept=row.oldest_kept,
+        has_work=bool(row.has_work),
+    )
+
+
+class _RawConn:
+    """What _Prepared needs of a connection: the dialect and a DBAPI connection."""
+
+    def __init__(self, dialect, raw):
+        self.dialect = dialect
+        self.connection = raw
 
 
 class ExchangeStateConnector:
@@ -104,47 +133,61 @@ class ExchangeStateConnector:
         computer on PostgreSQL), the oldest kept outbox number and whether any
         activity is deliverable now (both on indexes).
         """
-        c = computers
-        a = activities
-        oldest = (
-            sa.select(sa.func.min(outbox.c.sequence))
-            .where(outbox.c.computer_id == c.c.id)
-            .scalar_subquery()
-        )
-        work = sa.exists().where(a.c.computer_id == c.c.id, deliverable_sql(a, now))
-        q = (
-            sa.select(
-                c.c.id, c.c.status, c.c.title, c.c.account_name, c.c.exchange_token_hash,
-                c.c.client_sequence, c.c.server_sequence, c.c.client_accepted_types,
-                c.c.client_accepted_types_hash, oldest.label("oldest_kept"),
-                sa.and_(c.c.status == ACCEPTED, work).label("has_work"),
-            )
-            .where(c.c.secure_id_hash == secure_id_hash, c.c.removed_at.is_(None))
-        )
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(of=c)
-        row = conn.execute(q).first()
-        if row is None:
-            return None
-        return ExchangeState(
-            id=row.id,
-            status=row.status,
-            title=row.title,
-            account_name=row.account_name,
-            exchange_token_hash=row.exchange_token_hash,
-            client_sequence=row.client_sequence,
-            server_sequence=row.server_sequence,
-            client_accepted_types=tuple(t for t in row.client_accepted_types.split(";") if t),
-            client_accepted_types_hash=(
-                bytes.fromhex(row.client_accepted_types_hash) if row.client_accepted_types_hash else None
-            ),
-            oldest_kept=row.oldest_kept,
-            has_work=bool(row.has_work),
-        )
+        q = _LOAD_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOAD
+        row = q.first(conn, {"secure_id_hash": secure_id_hash, "now": now})
+        return None if row is None else _state(row)
+
+    def idle_exchange_sync(self, secure_id_hash: str, token_hash: str | None, new_token_hash: str,
+                           client_next_expected: int, client_api: str | None, now: dt.datetime):
+        """The common case in its own short transaction on the driver's connection:
+        if the computer is known, the token is right (or absent), nothing is kept
+        in its outbox, its count is ours, its API unchanged and no work waits,
+        store the new token hash and ``last_seen`` and return its
+        :class:`ExchangeState`; otherwise change nothing and return None (the
+        caller then runs the full exchange). Runs in the calling (database) thread.
+        """
+        engine = self.db.engine
+        raw = engine.raw_connection()
+        try:
+            sqlite = engine.dialect.name == "sqlite"
+            cursor = raw.cursor()
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            try:
+                conn = _RawConn(engine.dialect, raw)
+                q = _LOAD if sqlite else _LOAD_FOR_UPDATE
+                row = q.first(conn, {"secure_id_hash": secure_id_hash, "now": now})
+                state = None if row is None else _state(row)
+                if (state is None or state.oldest_kept is not None or state.has_work
+                        or state.server_sequence != client_next_expected
+                        or (client_api is not None and client_api != state.client_api)
+                        or (token_hash is not None and state.exchange_token_hash is not None
+                            and not hmac.compare_digest(token_hash, state.exchange_token_hash))):
+                    raw.rollback() if not sqlite else cursor.execute("ROLLBACK")
+                    return None
+                _SAVE_IDLE.run(conn, {"cid": state.id, "exchange_token_hash": new_token_hash, "last_seen": now})
+                cursor.execute("COMMIT") if sqlite else raw.commit()
+                return state
+            except BaseException:
+                if sqlite:
+                    if raw.driver_connection.in_transaction:
+                        cursor.execute("ROLLBACK")
+                else:
+                    raw.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
 
     def save_thd(self, conn: sa.Connection, computer_id: int, **values) -> None:
         """Write exchange bookkeeping (``exchange_token_hash``, ``last_seen``,
         ``client_sequence``, ``client_accepted_types``, ...) in one UPDATE."""
+        if values.keys() == {"exchange_token_hash", "last_seen"}:
+            # The idle exchange: a statement built once (building one costs more
+            # than running it).
+            _SAVE_IDLE.run(conn, {"cid": computer_id, **values})
+            return
         conn.execute(computers.update().where(computers.c.id == computer_id).values(**values))
 
     def client_accepted_types_thd(self, conn: sa.Connection, computer_id: int) -> tuple[str, ...]:
@@ -168,13 +211,7 @@ class ExchangeStateConnector:
     def ping_thd(self, conn: sa.Connection, insecure_id: int, now: dt.datetime) -> bool:
         """Whether the computer has something to fetch now: kept outbox messages, or
         deliverable work (accepted computers only). One statement on indexes."""
-        c, a = computers, activities
-        kept = sa.exists().where(outbox.c.computer_id == c.c.id)
-        work = sa.exists().where(a.c.computer_id == c.c.id, deliverable_sql(a, now))
-        q = sa.select(sa.or_(kept, sa.and_(c.c.status == ACCEPTED, work))).where(
-            c.c.id == insecure_id, c.c.removed_at.is_(None)
-        )
-        return bool(conn.execute(q).scalar())
+        return bool(conn.execute(_PING, {"insecure_id": insecure_id, "now": now}).scalar())
 
     def attachment(self, secure_id_hash: str, attachment_id: int):
         return self.db.run(self.attachment_thd, secure_id_hash, attachment_id)
@@ -208,3 +245,97 @@ class ExchangeStateConnector:
         if not row.allowed:
             return "forbidden", None, None
         return "ok", row.name, row.data
+
+
+# --- statements built once -------------------------------------------------------------
+# Building these (an alias of a wide table, nested conditions) costs several
+# times more than running them on an index; with bound parameters they are built
+# at import and SQLAlchemy's compiled cache does the rest.
+
+
+def _load_statement() -> sa.Select:
+    c, a = computers, activities
+    now = sa.bindparam("now", type_=activities.c.deliver_after.type)
+    oldest = sa.select(sa.func.min(outbox.c.sequence)).where(outbox.c.computer_id == c.c.id).scalar_subquery()
+    work = sa.exists().where(a.c.computer_id == c.c.id, deliverable_sql(a, now))
+    return sa.select(
+        c.c.id, c.c.status, c.c.title, c.c.account_name, c.c.exchange_token_hash,
+        c.c.client_sequence, c.c.server_sequence, c.c.client_accepted_types,
+        c.c.client_accepted_types_hash, c.c.client_api, oldest.label("oldest_kept"),
+        sa.and_(c.c.status == ACCEPTED, work).label("has_work"),
+    ).where(c.c.secure_id_hash == sa.bindparam("secure_id_hash"), c.c.removed_at.is_(None))
+
+
+def _ping_statement() -> sa.Select:
+    c, a = computers, activities
+    now = sa.bindparam("now", type_=activities.c.deliver_after.type)
+    kept = sa.exists().where(outbox.c.computer_id == c.c.id)
+    work = sa.exists().where(a.c.computer_id == c.c.id, deliverable_sql(a, now))
+    return sa.select(sa.or_(kept, sa.and_(c.c.status == ACCEPTED, work))).where(
+        c.c.id == sa.bindparam("insecure_id"), c.c.removed_at.is_(None))
+
+
+class _Prepared:
+    """A statement of the idle exchange, compiled once per dialect and run on the
+    DBAPI cursor of the caller's connection (inside its transaction).
+
+    SQLAlchemy's per-execution machinery costs several times what SQLite needs
+    to run these indexed statements; this keeps SQLAlchemy's compiler and type
+    conversion (bind processors) but skips that machinery. Result values come
+    back as the driver gives them: only ints, text and booleans are read.
+    """
+
+    def __init__(self, statement):
+        self.statement = statement
+        self._compiled: dict[str, tuple] = {}
+
+    def _prepare(self, dialect):
+        compiled = self.statement.compile(dialect=dialect)
+        processors = {}
+        for name, bind in compiled.binds.items():
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                processors[name] = proc
+        positional = dialect.paramstyle in ("qmark", "numeric", "format")
+        order = list(compiled.positiontup) if positional else None
+        names = [c[0] for c in compiled._result_columns] if hasattr(compiled, "_result_columns") else []
+        entry = (str(compiled), compiled, processors, order, names)
+        self._compiled[dialect.name] = entry
+        return entry
+
+    def _run(self, conn, params):
+        entry = self._compiled.get(conn.dialect.name) or self._prepare(conn.dialect)
+        sql, compiled, processors, order, names = entry
+        values = compiled.construct_params(params)
+        for name, proc in processors.items():
+            values[name] = proc(values[name])
+        cursor = conn.connection.cursor()
+        cursor.execute(sql, [values[n] for n in order] if order is not None else values)
+        return cursor, names
+
+    def first(self, conn, params):
+        cursor, names = self._run(conn, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else _Row(dict(zip(names, row)))
+
+    def run(self, conn, params) -> int:
+        cursor, _ = self._run(conn, params)
+        try:
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+
+class _Row:
+    def __init__(self, mapping):
+        self.__dict__.update(mapping)
+
+
+_LOAD = _Prepared(_load_statement())
+_LOAD_FOR_UPDATE = _Prepared(_load_statement().with_for_update(of=computers))
+_PING = _ping_statement()
+_SAVE_IDLE = _Prepared(computers.update().where(computers.c.id == sa.bindparam("cid")).values(
+    exchange_token_hash=sa.bindparam("exchange_token_hash"), last_seen=sa.bindparam("last_seen")))
