@@ -495,3 +495,27 @@ def test_ping(env):
 @pytest.mark.parametrize("body", [b"", b"insecure_id=abc", b"insecure_id=1&insecure_id=2", b"other=1"])
 def test_bad_ping_is_400(senv, body):
     assert _ping(senv, body)[0] == 400
+
+
+def test_idle_path_still_catches_a_clone_and_stale_counts(env):
+    """Idle-shaped requests take the short path; any doubt falls back to the full one."""
+    c = env.client()
+    c.register()
+    c.exchange()
+    clone = env.client()
+    for name in ("secure_id", "insecure_id", "accepted", "server_sequence", "sequence", "client_types_hash"):
+        setattr(clone, name, getattr(c, name))
+    clone.token = b"stale"
+    assert clone.payload().get("client-accepted-types") is None  # idle-shaped
+    before = tuple(env.row(c.insecure_id))
+    assert clone.exchange()["messages"] == [{"type": "unknown-id", "clone-of": "box"}]
+    assert tuple(env.row(c.insecure_id)) == before
+    # An idle-shaped request whose count is behind gets the kept messages again.
+    a = env.script(c.insecure_id)
+    c.exchange(lose_reply=True)
+    c.exchange()
+    assert [m["operation-id"] for m in c.operations()] == [a]
+    seen = env.row(c.insecure_id).last_seen
+    env.clock.advance(5)
+    c.exchange()
+    assert env.row(c.insecure_id).last_seen == seen + dt.timedelta(seconds=5)
