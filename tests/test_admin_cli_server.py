@@ -61,10 +61,9 @@ class Server:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(dist), *filter(None, [os.environ.get("PYTHONPATH")])]))
         port_file = self.root / "port"
         self.stderr = open(self.root / "server.log", "w")
-        # No in-process job-handler: server activities stay queued, so what the CLI
-        # created can be looked at as it was created.
+        # With its in-process job-handler (db queue), so server activities run.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ridgeline", "server", "--data-dir", str(self.data), "--no-job-handler",
+            [sys.executable, "-m", "ridgeline", "server", "--data-dir", str(self.data),
              "--listen", "tcp:0:interface=127.0.0.1", "--port-file", str(port_file)],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
         )
@@ -361,6 +360,16 @@ def test_run_job_parameters_and_types(server, cli):
     row = next(t for t in types if t.startswith("cli-test-job"))
     assert row.split()[:2] == ["cli-test-job", "server"] and "[flag]" in row
     assert any(t.startswith("execute-script") for t in types)
+
+
+def test_run_job_and_watch_it_succeed(server, cli):
+    code, out, err = cli("activities", "run-job", "cli-test-job", "--param", "n=1", "--watch", "--interval", "0.1")
+    assert code == 0, err
+    lines = out.splitlines()
+    aid = created_id(lines[0])
+    assert lines[0] == f"activity {aid} created (cli-test-job, server activity): queued"
+    assert any("queued → in-progress" in line for line in lines)
+    assert lines[-1] == f"activity {aid} ended succeeded: ran"
 
 
 def test_output_of_an_activity_without_one_is_a_clear_error(server, cli):

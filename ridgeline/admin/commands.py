@@ -385,7 +385,7 @@ def _created(s: Session, a: Mapping[str, Any], args) -> int:
         s.dump(a)
         return 0
     if not s.json:
-        where = fmt.computer_label(a)
+        where = "server activity" if a.get("kind") == "server" else fmt.computer_label(a)
         s.print(f"activity {a.get('id')} created ({a.get('type')}, {where}): {fmt.state_label(a)}")
         if not args.watch:
             s.print(f"follow it with: ridgeline activities watch {a.get('id')}")
