@@ -385,6 +385,20 @@ def test_list_paging_note(server, cli):
     assert len(out) == 4 and out[-1].startswith("(2 of ") and out[-1].endswith("use --offset 2 for the next page)")
 
 
+def test_every_route_the_cli_calls_is_in_the_openapi_document(server):
+    import urllib.request
+
+    from ridgeline.admin.commands import ROUTES_USED
+
+    req = urllib.request.Request(f"{server.url}/api/v1/openapi.json",
+                                 headers={"Authorization": f"Bearer {server.key_file.read_text().strip()}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        doc = json.loads(r.read())
+    served = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m.upper() in
+              ("GET", "POST", "PUT", "DELETE", "PATCH")}
+    assert set(ROUTES_USED) - served == set()
+
+
 def test_authentication_errors(server, cli, tmp_path):
     code, out, err = cli("activities", "list", "--url", server.url, "--api-key", "wrong", auth=False)
     assert (code, out, err) == (1, "", "ridgeline: error: the API key was refused (HTTP 401)\n")

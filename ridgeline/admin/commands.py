@@ -17,6 +17,20 @@ from ridgeline.admin import formatting as fmt
 from ridgeline.admin.client import ApiClient, ApiError, CliError, Unreachable
 from ridgeline.admin.parsing import iso
 
+#: Every (method, OpenAPI path) the CLI calls; a test checks them against the
+#: server's ``/api/v1/openapi.json`` so the two cannot drift apart unnoticed.
+ROUTES_USED = (
+    ("GET", "/computers"), ("GET", "/computers/{computer_id}"), ("POST", "/computers/{computer_id}/accept"),
+    ("DELETE", "/computers/{computer_id}"), ("PUT", "/computers/{computer_id}/tags"),
+    ("GET", "/activities"), ("POST", "/activities"), ("GET", "/activities/{activity_id}"),
+    ("POST", "/activities/{activity_id}/cancel"), ("POST", "/activities/{activity_id}/approve"),
+    ("POST", "/activities/{activity_id}/pause"), ("POST", "/activities/{activity_id}/resume"),
+    ("POST", "/activities/{activity_id}/reapply"), ("GET", "/activity-types"), ("POST", "/attachments"),
+    ("GET", "/events"),
+)
+#: Job outputs: served by ``server.api.outputs`` (not written yet when this was).
+OUTPUT_ROUTES = (("GET", "/activities/{activity_id}/output"), ("GET", "/activities/{activity_id}/output/{name}"))
+
 #: How long ``watch`` keeps polling through a server that does not answer (a restart).
 WATCH_UNREACHABLE_GRACE = 30.0
 
