@@ -149,7 +149,7 @@ def problems_of(step: Step, steps: dict[str, Step]) -> list[str]:
         return [f"{name}: did not finish; it is {state_label(a)}"]
     found: list[str] = []
     if a["state"] != step.expect_state:
-        why = f" ({a['result_name']})" if a.get("result_name") else ""
+        why = f" ({a['result_name']})" if a.get("result_name") not in (None, a["state"]) else ""
         found.append(f"{name}: ended {a['state']}{why}, expected {step.expect_state}")
     if step.expect_result and a.get("result_name") != step.expect_result:
         found.append(f"{name}: result {a.get('result_name') or 'none'}, expected {step.expect_result}")
@@ -322,6 +322,10 @@ class Processes:
             _stop_group(proc)
             log.close()
         self.children.clear()
+        # Twice: a script whose launch was under way when the agent stopped
+        # appears a moment later.
+        kill_marked(self.marker)
+        time.sleep(0.2)
         kill_marked(self.marker)
 
 
