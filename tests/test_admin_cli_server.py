@@ -375,7 +375,7 @@ def test_run_job_and_watch_it_succeed(server, cli):
 def test_output_of_an_activity_without_one_is_a_clear_error(server, cli):
     aid = created_id(ok(cli("activities", "run-job", "cli-test-job")))
     code, out, err = cli("activities", "output", aid)
-    assert code == 1 and out == "" and err.startswith("ridgeline: error: ") and err.endswith("(HTTP 404)\n")
+    assert (code, out, err) == (1, "", f"ridgeline: error: activity {aid} has no output\n")
 
 
 def test_list_paging_note(server, cli):

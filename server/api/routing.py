@@ -112,6 +112,16 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class RawReply:
+    """A reply that is not JSON (e.g. a job's stored output): bytes and their type."""
+
+    data: bytes
+    content_type: str
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class Routes:
     """Base of a route module's class. ``SCHEMAS``: its OpenAPI component schemas."""
 
@@ -161,6 +171,13 @@ class Api:
             if authenticated:
                 request.api_key = await auth.authenticate(self.context, request)
             result = await handler(request, **kw)
+            if isinstance(result, RawReply):
+                request.setResponseCode(result.status)
+                request.setHeader(b"content-type", result.content_type.encode("latin-1"))
+                request.setHeader(b"cache-control", b"no-store")
+                for k, v in result.headers.items():
+                    request.setHeader(k.encode(), v.encode())
+                return result.data
             if isinstance(result, Reply):
                 status, body, headers = result.status, result.body, result.headers
             else:
