@@ -156,3 +156,48 @@ def make_world(db, *, config: ServerConfig | None = None, clock: Clock | None = 
     publisher = Publisher(reactor=clock, db=db, queue=backend, types=types, retry_limit=cfg.retry_count)
     context = ServerContext(reactor=clock, db=db, config=cfg, plugins=types, queue=publisher)
     return World(clock=clock, db=db, context=context, jobs=jobs)
+
+
+# --- real-reactor helpers (queue contract, RabbitMQ) -------------------------------------
+
+
+async def until(predicate, timeout: float = 15.0, interval: float = 0.02, what: str = "the condition"):
+    """Wait on the real reactor until ``predicate()`` is true."""
+    from twisted.internet import reactor, task
+
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+async def sleep(seconds: float):
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+def rabbitmq_connection_pids(connection_name: str) -> list[str]:
+    """Pids of the broker connections whose client property ``connection_name`` is given."""
+    import shutil
+    import subprocess
+
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise RuntimeError("rabbitmqctl is needed to close a connection")
+    out = subprocess.run([ctl, "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.split("\t", 1)[0] for line in out.splitlines() if f'{{"connection_name","{connection_name}"}}' in line]
+
+
+def close_rabbitmq_connection(connection_name: str) -> int:
+    """Close (broker side) every connection named ``connection_name``; how many."""
+    import shutil
+    import subprocess
+
+    pids = rabbitmq_connection_pids(connection_name)
+    for pid in pids:
+        subprocess.run([shutil.which("rabbitmqctl"), "-q", "close_connection", pid, "test: simulated broker trouble"],
+                       capture_output=True, timeout=60, check=True)
+    return len(pids)
