@@ -101,6 +101,8 @@ def test_demo_runs_every_activity_to_its_expected_end(tmp_path):
     assert "Time limit of 2 seconds reached" in out
     assert "All 7 activities ended as expected" in out
     assert not leftovers(data)
+    for log in ("server.log", "agent.log"):
+        assert "Traceback" not in (data / log).read_text(), log
 
     # The data directory holds what the demo says, secrets kept private.
     assert f"is in {data}" in out
