@@ -79,6 +79,23 @@ def database_error(e: sa.exc.SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+class SequentialMultiService(service.MultiService):
+    """Stops its children one after the other, last added first, each once the
+    previous one has finished stopping: the job-handler records the outcomes of
+    its last jobs before the queue closes and the database thread pool stops."""
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop_in_order())
+
+    async def _stop_in_order(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {service} failed", service=child)
+
+
 class ThreadPoolService(service.Service):
     """Starts the database thread pool with the process and stops it last."""
 
@@ -155,7 +172,7 @@ def _optional_service(module_name: str, context: ServerContext) -> service.IServ
 
 def build(reactor, config: ServerConfig, engine: sa.Engine, server_uuid: str, on_failure) -> tuple[service.MultiService, ServerContext]:
     """Every object of the running server, wired; nothing started yet."""
-    top = service.MultiService()
+    top = SequentialMultiService()
     pool = ThreadPool(minthreads=1, maxthreads=config.database_threads, name="ridgeline-db")
     ThreadPoolService(pool).setServiceParent(top)  # first in, last out
     db = attach_components(Database(engine, ThreadPoolRunner(reactor, pool)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from twisted.application import service as tservice
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -51,10 +50,10 @@ def build(reactor, cfg: config.ServerConfig, engine, server_uuid: str, *, name: 
     from server.plugins import ActivityTypes
     from server.queue import make_publisher
     from server.queue.publisher import QueueService
-    from server.service import ThreadPoolService
+    from server.service import SequentialMultiService, ThreadPoolService
 
     name = name or handler_name()
-    top = tservice.MultiService()
+    top = SequentialMultiService()
     pool = ThreadPool(minthreads=1, maxthreads=cfg.database_threads, name="ridgeline-db")
     ThreadPoolService(pool).setServiceParent(top)
     db = attach_components(Database(engine, ThreadPoolRunner(reactor, pool)))

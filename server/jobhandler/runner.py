@@ -183,12 +183,15 @@ class JobHandler(service.Service):
             self._sweep_loop.stop()
         if self.active_jobs:
             log.info("waiting up to {grace}s for {n} running jobs", grace=self.grace, n=len(self.active_jobs))
-            pending = defer.DeferredList([r.done for r in self.active_jobs.values()])
-            timeout = self.reactor.callLater(self.grace, pending.cancel)
-            try:
-                await pending
-            except defer.CancelledError:
-                pass
+            waiter = defer.Deferred()
+
+            def go_on(_=None):
+                if not waiter.called:
+                    waiter.callback(None)
+
+            defer.DeferredList([r.done for r in self.active_jobs.values()]).addBoth(go_on)
+            timeout = self.reactor.callLater(self.grace, go_on)
+            await waiter
             if timeout.active():
                 timeout.cancel()
         for run in list(self.active_jobs.values()):
