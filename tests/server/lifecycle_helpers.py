@@ -4,7 +4,6 @@ exchange delivering, an agent answering, an administrator's verbs)."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import random
 from typing import Any
@@ -25,13 +24,6 @@ from server.scheduler import Scheduler
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ContextWithQueue(ServerContext):
-    """The server context with a queue, as the queue engineer's wiring gives it."""
-
-    queue: Any = None
 
 
 class RecordingQueue:
@@ -82,13 +74,19 @@ def fired(d: defer.Deferred):
 class World:
     """One server's lifecycle under test: ``db`` (real), ``clock``, ``scheduler``."""
 
-    def __init__(self, db, *, queue: bool = True, lease_sweep=None, batch_size: int = 500, max_batches: int = 20):
+    def __init__(self, db, *, queue: bool | Any = True, lease_sweep=None, batch_size: int = 500,
+                 max_batches: int = 20):
         self.db = attach_components(db)
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
-        self.queue = RecordingQueue(self.db) if queue else None
-        self.context = ContextWithQueue(reactor=self.clock, db=self.db, config=ServerConfig(), plugins=None,
-                                        queue=self.queue)
+        if queue is True:
+            self.queue = RecordingQueue(self.db)
+        elif queue is False:
+            self.queue = None
+        else:
+            self.queue = queue(self)
+        self.context = ServerContext(reactor=self.clock, db=self.db, config=ServerConfig(), plugins=None,
+                                     queue=self.queue)
         self.scheduler = Scheduler(self.context, batch_size=batch_size, max_batches=max_batches,
                                    lease_sweep=lease_sweep or (lambda context, now: 0))
         self._n = 0

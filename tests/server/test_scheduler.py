@@ -14,7 +14,9 @@ from server.config import ServerConfig
 from server.db import activities as activities_module
 from server.scheduler import Scheduler, SchedulerService, find_lease_sweep, make_service
 
-from lifecycle_helpers import HOUR, NOW, ContextWithQueue, World, fired
+from server.context import ServerContext
+
+from lifecycle_helpers import HOUR, NOW, World, fired
 
 
 @pytest.fixture
@@ -159,13 +161,13 @@ def test_find_lease_sweep_prefers_the_queue_method(sqlite_server_db):
             return 1
 
     q = Queue()
-    ctx = ContextWithQueue(reactor=None, db=sqlite_server_db, config=ServerConfig(), queue=q)
+    ctx = ServerContext(reactor=None, db=sqlite_server_db, config=ServerConfig(), queue=q)
     sweep = find_lease_sweep(ctx)
     assert sweep(ctx, NOW) == 1 and q.calls == [NOW]
 
 
 def test_find_lease_sweep_finds_a_module_function_or_none(sqlite_server_db, monkeypatch):
-    ctx = ContextWithQueue(reactor=None, db=sqlite_server_db, config=ServerConfig())
+    ctx = ServerContext(reactor=None, db=sqlite_server_db, config=ServerConfig())
     monkeypatch.setattr(scheduler_module, "LEASE_SWEEP_LOCATIONS", (("no_such_module_xyz", "sweep"),))
     assert find_lease_sweep(ctx) is None
     monkeypatch.setattr(scheduler_module, "LEASE_SWEEP_LOCATIONS",
@@ -223,3 +225,41 @@ def test_due_time_queries_read_an_index_range(server_db, name):
     else:
         assert "Seq Scan" not in text, text
         assert "ix_activities_state_" in text, text
+
+
+# --- with the queue engineer's real publisher and database queue --------------------------
+
+
+def _real_publisher(world):
+    from server.queue import make_publisher
+
+    return make_publisher(ServerConfig(), reactor=world.clock, db=world.db, types=None, consumer_name="test")
+
+
+def test_with_the_real_publisher_due_jobs_reach_the_database_queue(server_db):
+    from server.db.tables import job_queue
+
+    world = World(server_db, queue=_real_publisher)
+    job = world.server(deliver_after=world.now() + HOUR)
+    world.advance(HOUR)
+    report = world.tick()
+    assert report.scheduled_queued == 1 and report.published and report.errors == []
+    rows = world.db.run_sync(lambda conn: conn.execute(sa.select(job_queue.c.activity_id)).scalars().all())
+    assert rows == [job.id]
+    assert world.get(job.id).published_at == world.now()
+
+
+def test_with_the_real_publisher_expired_leases_end_interrupted(server_db):
+    from protocol import codes
+
+    world = World(server_db, queue=_real_publisher)
+    world.scheduler = Scheduler(world.context)  # finds the publisher's sweep by itself
+    job = world.server()
+    world.move(job.id, "queued", "in-progress", actor="job-handler",
+               values={"claimed_by": "h1", "lease_expires_at": world.now() + dt.timedelta(seconds=30)})
+    assert world.tick().leases_swept == 0
+    world.advance(dt.timedelta(seconds=31))
+    report = world.tick()
+    after = world.get(job.id)
+    assert report.leases_swept == 1
+    assert (after.state, after.result_code) == ("failed", codes.INTERRUPTED)
