@@ -142,7 +142,7 @@ class World:
 
 
 def make_world(db, *, config: ServerConfig | None = None, clock: Clock | None = None, jobs: TestJobs | None = None,
-               extra_plugins: tuple = ()) -> World:
+               extra_plugins: tuple = (), load_entry_points: bool = False) -> World:
     attach_components(db)
     clock = clock or Clock()
     if clock.seconds() < NOW.timestamp():
@@ -150,7 +150,8 @@ def make_world(db, *, config: ServerConfig | None = None, clock: Clock | None = 
     jobs = jobs or TestJobs()
     from plugins.jobs import builtin_job_plugins
 
-    types = ActivityTypes.from_plugins([jobs, *builtin_job_plugins(), *extra_plugins], load_entry_points=False)
+    types = ActivityTypes.from_plugins([jobs, *builtin_job_plugins(), *extra_plugins],
+                                       load_entry_points=load_entry_points)
     cfg = config or ServerConfig()
     backend = DbQueue(reactor=clock, db=db, consumer_name="queue-1")
     publisher = Publisher(reactor=clock, db=db, queue=backend, types=types, retry_limit=cfg.retry_count)
