@@ -1,61 +1,65 @@
-"""``/activities/{id}/output``: what a server activity (a job) stored.
+"""``/activities/{id}/output``: the outputs a server activity's job stored
+(reports...), read from the database, so any server process serves them.
 
-Jobs store named outputs in the database (``server.db.joboutputs``), so any server
-process serves them. ``GET /activities/{id}/output`` lists them (name, content
-type, size, time); ``GET /activities/{id}/output/{name}`` answers one output's
-bytes with the content type the job gave.
+``GET /activities/{id}/output`` lists them (name, content type, size, time, URL);
+``GET /activities/{id}/output/{name}`` returns one, as stored (its bytes and
+content type).
 """
 
 from __future__ import annotations
 
-from server.api.errors import not_found
-from server.api.routing import RawReply, Routes, iso, ref, route
+from urllib.parse import quote
 
-OUTPUT_INFO_SCHEMA = {
+from server.api.errors import not_found
+from server.api.routing import ERROR_REF, RawReply, Routes, iso, ref, route
+
+OUTPUT_SCHEMA = {
     "type": "object",
-    "required": ["name", "content_type", "size", "created_at"],
+    "required": ["name", "content_type", "size", "created_at", "url"],
     "properties": {
         "name": {"type": "string"},
         "content_type": {"type": "string"},
-        "size": {"type": "integer", "description": "Bytes."},
+        "size": {"type": "integer", "description": "bytes"},
         "created_at": {"type": "string", "format": "date-time"},
+        "url": {"type": "string", "description": "where to fetch it (relative to the API root)"},
     },
 }
 
 
-class OutputsRoutes(Routes):
-    SCHEMAS = {"OutputInfo": OUTPUT_INFO_SCHEMA}
+class OutputRoutes(Routes):
+    SCHEMAS = {"JobOutput": OUTPUT_SCHEMA}
 
-    @route("GET", "/activities/<int:activity_id>/output", summary="List the outputs a job stored",
+    @route("GET", "/activities/<int:activity_id>/output", summary="The outputs a server activity's job stored",
            tags=["activities"],
-           responses={200: ("The outputs, by name (empty for activities that stored none).",
-                            {"type": "object", "required": ["results"], "properties": {
-                                "results": {"type": "array", "items": ref("OutputInfo")}}})})
-    async def list(self, request, activity_id):
+           responses={200: ("The outputs, by name (empty while the job has stored none).",
+                            {"type": "object", "required": ["activity_id", "outputs"], "properties": {
+                                "activity_id": {"type": "integer"},
+                                "outputs": {"type": "array", "items": ref("JobOutput")}}}),
+                      404: ("No such activity.", ERROR_REF)})
+    async def list_outputs(self, request, activity_id: int):
         db = self.context.db
+        await db.activities.get(activity_id)  # 404 when there is no such activity
+        outputs = await db.joboutputs.list(activity_id)
+        return {"activity_id": activity_id, "outputs": [
+            {"name": o.name, "content_type": o.content_type, "size": o.size, "created_at": iso(o.created_at),
+             "url": f"/api/v1/activities/{activity_id}/output/{quote(o.name, safe='')}"}
+            for o in outputs
+        ]}
 
-        def thd(conn):
-            db.activities.get_thd(conn, activity_id)  # 404 for an unknown activity
-            return db.joboutputs.list_thd(conn, activity_id)
-
-        infos = await db.run(thd)
-        return {"results": [{"name": i.name, "content_type": i.content_type, "size": i.size,
-                             "created_at": iso(i.created_at)} for i in infos]}
-
-    @route("GET", "/activities/<int:activity_id>/output/<name>", summary="One output's bytes",
+    @route("GET", "/activities/<int:activity_id>/output/<path:name>", summary="One stored output, as it was stored",
            tags=["activities"],
-           responses={200: ("The output, with the content type the job gave it.", None)})
-    async def get(self, request, activity_id, name):
+           responses={200: ("The output's bytes, with its content type.",
+                            {"type": "string", "contentMediaType": "application/octet-stream"}),
+                      404: ("No such activity, or no output of that name.", ERROR_REF)})
+    async def get_output(self, request, activity_id: int, name: str):
         db = self.context.db
-
-        def thd(conn):
-            db.activities.get_thd(conn, activity_id)
-            return db.joboutputs.get_thd(conn, activity_id, name)
-
-        output = await db.run(thd)
-        if output is None:
-            raise not_found(f"activity {activity_id} has no output {name!r}")
-        return RawReply(output.data, output.info.content_type)
+        await db.activities.get(activity_id)
+        out = await db.joboutputs.get(activity_id, name)
+        if out is None:
+            raise not_found(f"activity {activity_id} has no output named {name!r}")
+        safe_name = name.replace('"', "")
+        return RawReply(out.data, out.info.content_type,
+                        headers={"content-disposition": f'inline; filename="{safe_name}"'})
 
 
-ROUTES = OutputsRoutes
+ROUTES = OutputRoutes
