@@ -60,7 +60,7 @@ def build(reactor, cfg: config.ServerConfig, engine, server_uuid: str, *, name: 
     types = ActivityTypes.from_plugins()
     publisher = make_publisher(cfg, reactor=reactor, db=db, types=types, consumer_name=name,
                                amqp_queue_name=amqp_queue_name)
-    QueueService(publisher).setServiceParent(top)
+    QueueService(publisher, sweep_interval=None).setServiceParent(top)
     context = ServerContext(reactor=reactor, db=db, config=cfg, plugins=types, server_uuid=server_uuid, log=log,
                             queue=publisher)
     handler = JobHandler(context, name=name)

@@ -138,9 +138,11 @@ class Publisher:
 
 
 class QueueService(service.Service):
-    """Connects the queue and runs the unpublished sweep (server and job-handler)."""
+    """Connects the queue and (``sweep_interval`` not None: the server) runs the
+    unpublished sweep. Job-handler processes only connect: publishing what the
+    server committed is the server's job."""
 
-    def __init__(self, publisher: Publisher, *, sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+    def __init__(self, publisher: Publisher, *, sweep_interval: float | None = DEFAULT_SWEEP_INTERVAL,
                  close_queue: bool = True):
         self.publisher = publisher
         self.sweep_interval = sweep_interval
@@ -150,6 +152,8 @@ class QueueService(service.Service):
     def startService(self):
         super().startService()
         self.publisher.queue.start()
+        if self.sweep_interval is None:
+            return
         self._loop = task.LoopingCall(self._sweep)
         self._loop.clock = self.publisher.reactor
         self._loop.start(self.sweep_interval, now=True)

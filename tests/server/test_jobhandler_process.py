@@ -67,6 +67,32 @@ def create(db, type_, **params):
                        NewActivity(kind="server", type=type_, parameters=params, creator="t"), now()).id
 
 
+def publish(db, ids, queue_url):
+    """What the server's publisher does: put the ids on the queue, mark them published."""
+    from server.queue.publisher import mark_published_thd
+
+    if queue_url == "db":
+        from server.queue.dbqueue import DbQueue
+
+        db.run_sync(DbQueue._insert_thd, ids, now())
+    else:
+        import pika
+
+        from server.queue import DEFAULT_AMQP_QUEUE
+
+        conn = pika.BlockingConnection(pika.URLParameters(queue_url))
+        try:
+            ch = conn.channel()
+            ch.queue_declare(DEFAULT_AMQP_QUEUE, durable=True)
+            ch.confirm_delivery()
+            for i in ids:
+                ch.basic_publish("", DEFAULT_AMQP_QUEUE, str(i).encode(),
+                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+        finally:
+            conn.close()
+    db.run_sync(mark_published_thd, ids, now())
+
+
 def stop(proc, sig=signal.SIGTERM, timeout=30):
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -86,6 +112,7 @@ def test_killed_mid_job_ends_interrupted_after_the_lease(tmp_path, make_distribu
     env = {"RIDGELINE_DATABASE_URL": postgres_url, "RIDGELINE_QUEUE_URL": amqp_url, "RIDGELINE_LEASE_SECONDS": "2"}
     # The queue name is the default one; keep this test's broker state apart through its own vhost.
     first = start_handler(root, env, tmp_path, "first")
+    publish(db, [aid], amqp_url)
     try:
         wait_for(lambda: db.run_sync(db.activities.get_thd, aid).progress == 10, what="the job to run")
         first.send_signal(signal.SIGKILL)
@@ -112,10 +139,14 @@ def test_sigterm_lets_a_running_job_finish_then_exits(tmp_path, make_distributio
     root = make_distribution("slow-jobs", SLOW_PLUGIN, {"ridgeline.jobs": {"slow": "slowjobs"}})
     db = setup_db(sqlite_url)
     aid = create(db, "slow-job", seconds=1.5)
-    proc = start_handler(root, {"RIDGELINE_DATABASE_URL": sqlite_url, "RIDGELINE_JOB_GRACE": "20"}, tmp_path, "h")
+    proc = start_handler(root, {"RIDGELINE_DATABASE_URL": sqlite_url, "RIDGELINE_JOB_GRACE": "20",
+                                # One slot, busy: the later activity can only wait for it.
+                                "RIDGELINE_JOB_CONCURRENCY": "1"}, tmp_path, "h")
+    publish(db, [aid], "db")
     try:
         wait_for(lambda: db.run_sync(db.activities.get_thd, aid).progress == 10, what="the job to run")
         later = create(db, "slow-job", seconds=0)
+        publish(db, [later], "db")
         started = time.monotonic()
         assert stop(proc) == 0
         assert time.monotonic() - started < 15
@@ -134,6 +165,7 @@ def test_sigterm_with_a_stuck_job_exits_after_the_grace(tmp_path, make_distribut
     db = setup_db(sqlite_url)
     aid = create(db, "slow-job", seconds=600)
     proc = start_handler(root, {"RIDGELINE_DATABASE_URL": sqlite_url, "RIDGELINE_JOB_GRACE": "1"}, tmp_path, "h")
+    publish(db, [aid], "db")
     try:
         wait_for(lambda: db.run_sync(db.activities.get_thd, aid).progress == 10, what="the job to run")
         started = time.monotonic()
