@@ -329,7 +329,7 @@ class ActivitiesConnector:
             conn.execute(activities.insert(), children)
             by_computer = dict(conn.execute(
                 sa.select(activities.c.computer_id, activities.c.id).where(activities.c.parent_id == parent_id)
-            ).tuples().all())
+            ).all())
             child_ids = [by_computer[c["computer_id"]] for c in children]
         else:
             child_ids = [

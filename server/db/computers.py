@@ -221,7 +221,7 @@ class ComputersConnector:
                 found.update(conn.execute(
                     sa.select(computers.c.id, computers.c.status)
                     .where(computers.c.id.in_(chunk), computers.c.removed_at.is_(None))
-                ).tuples().all())
+                ).all())
         if tags:
             for cid, status in conn.execute(
                 sa.select(computers.c.id, computers.c.status).where(
