@@ -540,6 +540,59 @@ class ActivitiesConnector:
             self._move_parent_counter_thd(conn, current.parent_id, expected, to, now=now)
         return replace(current, **update)
 
+    def transition_many_thd(
+        self,
+        conn: sa.Connection,
+        activity_ids: Sequence[int],
+        expected: str,
+        to: str,
+        *,
+        kind: str,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+        values: dict[str, Any] | None = None,
+    ) -> list[Activity]:
+        """Move many activities of ``kind`` from ``expected`` to ``to`` with the same
+        ``values``: one compare-and-set ``UPDATE ... RETURNING`` and one bulk
+        history insert, in the caller's transaction (the job-handler's claims and
+        outcomes, many at a time).
+
+        Only single activities without a parent are moved (group bookkeeping
+        needs :meth:`transition_thd`); any other id, and any activity no longer in
+        ``expected``, is skipped. Returns the activities moved, as they are now.
+        """
+        states.check(kind, expected, to)
+        if to == states.BLOCKED:
+            raise ValueError("use transition_thd for a move to blocked")
+        ids = sorted(set(activity_ids))
+        if not ids:
+            return []
+        update: dict[str, Any] = {"state": to, "modified_at": now, "blocked_reason": None, **(values or {})}
+        if to in states.FINAL_STATES:
+            update.setdefault("completed_at", now)
+            update.setdefault("lease_expires_at", None)
+            update.setdefault("answer_deadline", None)
+        if to == states.IN_PROGRESS and kind == states.CLIENT:
+            update.setdefault("delivered_at", now)
+        if to == states.QUEUED and kind == states.SERVER:
+            update.setdefault("published_at", None)
+        rows = conn.execute(
+            activities.update()
+            .where(activities.c.id.in_(ids), activities.c.state == expected, activities.c.kind == kind,
+                   activities.c.is_group == sa.false(), activities.c.parent_id.is_(None))
+            .values(**update)
+            .returning(*activities.c)
+        ).all()
+        moved = sorted((_row_to_activity(r) for r in rows), key=lambda a: a.id)
+        if moved:
+            conn.execute(activity_history.insert(), [
+                {"activity_id": a.id, "computer_id": a.computer_id, "at": now, "event": "transition",
+                 "from_state": expected, "to_state": to, "actor": actor, "reason": reason}
+                for a in moved
+            ])
+        return moved
+
     def _move_parent_counter_thd(self, conn, parent_id: int, from_state: str, to_state: str, *, now) -> None:
         dec, inc = activities.c[COUNTER_COLUMNS[from_state]], activities.c[COUNTER_COLUMNS[to_state]]
         counter_cols = [activities.c[c] for c in COUNTER_COLUMNS.values()]
