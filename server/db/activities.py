@@ -540,7 +540,7 @@ class ActivitiesConnector:
             self._move_parent_counter_thd(conn, current.parent_id, expected, to, now=now)
         return replace(current, **update)
 
-    def transition_many_thd(
+    def transition_bulk_thd(
         self,
         conn: sa.Connection,
         activity_ids: Sequence[int],
