@@ -537,8 +537,137 @@ class ActivitiesConnector:
             )
         )
         if current.parent_id is not None and expected != to:
-            self._move_parent_counter_thd(conn, current.parent_id, expected, to, now=now)
+            self._apply_parent_deltas_thd(
+                conn, {current.parent_id: {expected: -1, to: 1}}, now=now,
+                reason=f"a child went from {expected} to {to}",
+            )
         return replace(current, **update)
+
+    def transition_many_thd(
+        self,
+        conn: sa.Connection,
+        moves: Sequence[tuple[Activity, dict[str, Any]]],
+        to: str,
+        *,
+        actor: str,
+        reason: str,
+        now: dt.datetime,
+    ) -> None:
+        """Move several activities, each from the state it was read in, to ``to``,
+        in a constant number of statements whatever their number: one
+        ``executemany`` compare-and-set, one history insert, and the parents'
+        counters (see :meth:`_apply_parent_deltas_thd`).
+
+        The caller must have read the activities in this transaction with a row
+        lock (``FOR UPDATE``; SQLite serialises writers), so every compare-and-set
+        holds; if one does not, :class:`LostRace` is raised and the caller's
+        transaction must roll back. Every ``values`` dict carries the same keys.
+        ``to`` must not be ``blocked`` (which needs a reason per activity).
+        """
+        if not moves:
+            return
+        if to == states.BLOCKED:
+            raise ValueError("transition_many_thd cannot move to blocked")
+        keys = sorted(moves[0][1])
+        for a, values in moves:
+            if a.is_group:
+                raise states.TransitionError(f"activity {a.id} is a group; its state follows its children",
+                                             activity_id=a.id, current=a.state)
+            states.check(a.kind, a.state, to, activity_id=a.id)
+            if sorted(values) != keys:
+                raise ValueError("every move must set the same columns")
+        fixed: dict[str, Any] = {"state": to, "modified_at": now, "blocked_reason": None}
+        if to in states.FINAL_STATES:
+            fixed.update(completed_at=now, lease_expires_at=None, answer_deadline=None)
+        if to == states.IN_PROGRESS:
+            fixed["delivered_at"] = now
+        for k in keys:
+            fixed.pop(k, None)
+        stmt = (
+            activities.update()
+            .where(activities.c.id == sa.bindparam("m_id"), activities.c.state == sa.bindparam("m_expected"))
+            .values(**fixed, **{k: sa.bindparam(f"m_v_{k}") for k in keys})
+        )
+        params = [
+            {"m_id": a.id, "m_expected": a.state, **{f"m_v_{k}": v[k] for k in keys}}
+            for a, v in sorted(moves, key=lambda m: m[0].id)  # one lock order for every writer
+        ]
+        moved = conn.execute(stmt, params).rowcount
+        if moved != len(moves):
+            raise LostRace(f"{len(moves) - moved} of {len(moves)} activities changed meanwhile; nothing changed")
+        conn.execute(
+            activity_history.insert(),
+            [
+                {"activity_id": a.id, "computer_id": a.computer_id, "at": now, "event": "transition",
+                 "from_state": a.state, "to_state": to, "actor": actor, "reason": reason}
+                for a, _ in moves
+            ],
+        )
+        deltas: dict[int, dict[str, int]] = {}
+        for a, _ in moves:
+            if a.parent_id is not None and a.state != to:
+                d = deltas.setdefault(a.parent_id, {})
+                d[a.state] = d.get(a.state, 0) - 1
+                d[to] = d.get(to, 0) + 1
+        self._apply_parent_deltas_thd(conn, deltas, now=now, reason=f"children went to {to}")
+
+    def _apply_parent_deltas_thd(self, conn, deltas: dict[int, dict[str, int]], *, now, reason: str) -> None:
+        """Add per-state deltas to group parents' counters and derive their states.
+
+        The counter ``UPDATE`` (``n = n + delta``) takes each parent's row lock on
+        PostgreSQL, in id order, so concurrent children of one parent serialise
+        there and the counts never drift. A constant number of statements: the
+        counters, one read of them, and the changed parents' states and history.
+        """
+        if not deltas:
+            return
+        ids = sorted(deltas)
+        counter_cols = {s: activities.c[c] for s, c in COUNTER_COLUMNS.items()}
+        conn.execute(
+            activities.update()
+            .where(activities.c.id == sa.bindparam("p_id"))
+            .values({col: col + sa.bindparam(f"p_d_{s}") for s, col in counter_cols.items()}
+                    | {activities.c.modified_at: now}),
+            [{"p_id": pid, **{f"p_d_{s}": deltas[pid].get(s, 0) for s in counter_cols}} for pid in ids],
+        )
+        rows = conn.execute(
+            sa.select(activities.c.id, activities.c.state, *counter_cols.values()).where(activities.c.id.in_(ids))
+        ).all()
+        changes = []
+        for row in rows:
+            counts = {s: row._mapping[col.name] for s, col in counter_cols.items()}
+            new_state = states.group_state(counts)
+            if new_state != row.state:
+                changes.append((row.id, row.state, new_state))
+        if not changes:
+            return
+        params = []
+        for pid, old, new in changes:
+            blocked_reason = None
+            if new == states.BLOCKED:
+                # All children blocked: the parent shows the reason they share, if any.
+                reasons = conn.execute(
+                    sa.select(activities.c.blocked_reason)
+                    .where(activities.c.parent_id == pid, activities.c.state == states.BLOCKED)
+                    .distinct()
+                ).scalars().all()
+                blocked_reason = reasons[0] if len(reasons) == 1 else states.APPROVAL
+            params.append({"g_id": pid, "g_state": new, "g_reason": blocked_reason,
+                           "g_completed": now if new in states.FINAL_STATES else None})
+        conn.execute(
+            activities.update()
+            .where(activities.c.id == sa.bindparam("g_id"))
+            .values(state=sa.bindparam("g_state"), blocked_reason=sa.bindparam("g_reason"),
+                    completed_at=sa.bindparam("g_completed")),
+            params,
+        )
+        conn.execute(
+            activity_history.insert(),
+            [{"activity_id": pid, "computer_id": None, "at": now, "event": "transition", "from_state": old,
+              "to_state": new, "actor": "group", "reason": reason} for pid, old, new in changes],
+        )
+
+    # --- administrator verbs -------------------------------------------------------
 
     def transition_bulk_thd(
         self,
@@ -592,46 +721,6 @@ class ActivitiesConnector:
                 for a in moved
             ])
         return moved
-
-    def _move_parent_counter_thd(self, conn, parent_id: int, from_state: str, to_state: str, *, now) -> None:
-        dec, inc = activities.c[COUNTER_COLUMNS[from_state]], activities.c[COUNTER_COLUMNS[to_state]]
-        counter_cols = [activities.c[c] for c in COUNTER_COLUMNS.values()]
-        row = conn.execute(
-            activities.update()
-            .where(activities.c.id == parent_id)
-            .values({dec: dec - 1, inc: inc + 1, activities.c.modified_at: now})
-            .returning(activities.c.state, *counter_cols)
-        ).one()
-        counts = {s: row._mapping[c] for s, c in COUNTER_COLUMNS.items()}
-        new_state = states.group_state(counts)
-        if new_state == row.state:
-            return
-        values: dict[str, Any] = {"state": new_state, "blocked_reason": None}
-        if new_state == states.BLOCKED:
-            # All children blocked: the parent shows the reason they share, if any.
-            reasons = conn.execute(
-                sa.select(activities.c.blocked_reason)
-                .where(activities.c.parent_id == parent_id, activities.c.state == states.BLOCKED)
-                .distinct()
-            ).scalars().all()
-            values["blocked_reason"] = reasons[0] if len(reasons) == 1 else states.APPROVAL
-        if new_state in states.FINAL_STATES:
-            values["completed_at"] = now
-        conn.execute(activities.update().where(activities.c.id == parent_id).values(**values))
-        conn.execute(
-            activity_history.insert().values(
-                activity_id=parent_id,
-                computer_id=None,
-                at=now,
-                event="transition",
-                from_state=row.state,
-                to_state=new_state,
-                actor="group",
-                reason=f"a child went from {from_state} to {to_state}",
-            )
-        )
-
-    # --- administrator verbs -------------------------------------------------------
 
     def children_thd(self, conn, parent_id: int) -> list[Activity]:
         rows = conn.execute(sa.select(activities).where(activities.c.parent_id == parent_id).order_by(activities.c.id))

@@ -407,12 +407,18 @@ class MessageSystem:
     def _deliver_thd(self, conn, state, client_types, now: dt.datetime) -> list[tuple[dict, int]]:
         """Move every deliverable activity to in-progress; their messages.
 
+        A constant number of statements however many there are: one locked read
+        (``deliverable_thd``) and one bulk compare-and-set
+        (``ActivitiesConnector.transition_many_thd``).
+
         A type the agent does not list in ``client-accepted-types`` stays where it
         is (a landscape-client without the ScriptExecution plugin never gets
         scripts); the scheduler expires it in the end. A type no plugin declares
         any more is left alone as well, with a log line.
         """
-        out = []
+        out: list[tuple[dict, int]] = []
+        moves: list[tuple[Activity, dict]] = []
+        unbuildable: list[tuple[Activity, dict]] = []
         listed = set(client_types)
         for a in self.db.exchange.deliverable_thd(conn, state.id, now):
             atype = self.activity_types.get(a.type)
@@ -431,17 +437,15 @@ class MessageSystem:
                 # Stored parameters the type cannot turn into a message: the work
                 # can never go out; end it rather than retry on every exchange.
                 self.log.error("activity {id}: cannot build its message: {e}", id=a.id, e=e)
-                self.db.activities.transition_thd(
-                    conn, a.id, a.state, states.CANCELED, actor=ACTOR, now=now,
-                    reason="its message could not be built",
-                    values={"result_text": f"The server could not build the message: {e}"})
+                unbuildable.append((a, {"result_text": f"The server could not build the message: {e}"}))
                 continue
-            self.db.activities.transition_thd(
-                conn, a.id, a.state, states.IN_PROGRESS, actor=ACTOR, now=now,
-                reason=f"delivered to computer {state.id}",
-                values={"answer_deadline": now + dt.timedelta(seconds=self.answer_seconds(atype, a))},
-            )
+            deadline = now + dt.timedelta(seconds=self.answer_seconds(atype, a))
+            moves.append((a, {"answer_deadline": deadline}))
             out.append((message, a.id))
+        self.db.activities.transition_many_thd(
+            conn, moves, states.IN_PROGRESS, actor=ACTOR, now=now, reason=f"delivered to computer {state.id}")
+        self.db.activities.transition_many_thd(
+            conn, unbuildable, states.CANCELED, actor=ACTOR, now=now, reason="its message could not be built")
         return out
 
     def answer_seconds(self, atype, activity: Activity) -> float:
