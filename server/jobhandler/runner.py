@@ -48,7 +48,6 @@ from twisted.python.failure import Failure
 
 from protocol import codes
 from server import states
-from server.db.activities import ActivityNotFound, LostRace
 from server.db.tables import activities
 from server.hookspecs import JobResult
 from server.jobhandler.jobcontext import JobCanceled, RunningJobContext
@@ -244,29 +243,19 @@ class JobHandler(service.Service):
         self._start(activity)
 
     def _claim_thd(self, conn, ids: list[int], now: dt.datetime) -> list:
-        claimed: dict[int, Any] = {}
+        """Claim many at once: one compare-and-set for the batch (server
+        activities are never group members, so the bulk move applies)."""
         until = now + dt.timedelta(seconds=self.lease_seconds)
-        for aid in sorted(set(ids)):
-            claimed[aid] = None
-            try:
-                a = self.db.activities.get_thd(conn, aid)
-            except ActivityNotFound:
-                continue
-            if a.kind != states.SERVER or a.is_group or a.state != states.QUEUED:
-                continue
-            try:
-                claimed[aid] = self.db.activities.transition_thd(
-                    conn, aid, states.QUEUED, states.IN_PROGRESS, actor=self.name, now=now,
-                    reason=f"claimed by job-handler {self.name}",
-                    values={"claimed_by": self.name, "lease_expires_at": until, "delivered_at": now},
-                )
-            except LostRace:
-                pass
+        moved = self.db.activities.transition_bulk_thd(
+            conn, ids, states.QUEUED, states.IN_PROGRESS, kind=states.SERVER, actor=self.name, now=now,
+            reason=f"claimed by job-handler {self.name}",
+            values={"claimed_by": self.name, "lease_expires_at": until, "delivered_at": now},
+        )
+        claimed = {a.id: a for a in moved}
         # Each id once: a duplicate message in the same batch is dropped.
-        out, seen = [], set()
+        out = []
         for aid in ids:
-            out.append(claimed[aid] if aid not in seen else None)
-            seen.add(aid)
+            out.append(claimed.pop(aid, None))
         return out
 
     # --- running ------------------------------------------------------------------------
@@ -374,16 +363,21 @@ class JobHandler(service.Service):
         d.addCallbacks(written, failed)
 
     def _finish_thd(self, conn, items: list[tuple[int, str, dict]], now: dt.datetime) -> list[bool]:
-        out = []
+        """Record outcomes; those with the same state and values (no-op jobs, the
+        same text) share one compare-and-set. One that lost (canceled or swept
+        meanwhile) keeps its state."""
+        groups: dict[tuple, list[int]] = {}
         for aid, to, values in items:
+            key = (to, tuple(sorted(values.items())))
+            groups.setdefault(key, []).append(aid)
+        done: set[int] = set()
+        for (to, values), ids in groups.items():
             reason = {states.SUCCEEDED: "the job succeeded", states.FAILED: "the job failed"}[to]
-            try:
-                self.db.activities.transition_thd(conn, aid, states.IN_PROGRESS, to, actor=self.name,
-                                                  reason=reason, now=now, values=values)
-                out.append(True)
-            except LostRace:
-                out.append(False)  # canceled or swept meanwhile: its state stands
-        return out
+            moved = self.db.activities.transition_bulk_thd(
+                conn, ids, states.IN_PROGRESS, to, kind=states.SERVER, actor=self.name, reason=reason, now=now,
+                values=dict(values))
+            done.update(a.id for a in moved)
+        return [aid in done for aid, _, _ in items]
 
     def _finished(self, run: _Run) -> None:
         if self.active_jobs.get(run.activity.id) is run:
