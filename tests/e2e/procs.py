@@ -194,6 +194,18 @@ class Processes:
         """Script processes of this test still running (the children themselves are not marked)."""
         return marked_pids(self.marker)
 
+    def log_problems(self) -> list[str]:
+        """Lines of the children's logs that show a bug: a traceback or a critical event."""
+        found = []
+        for child in self.children:
+            try:
+                text = child.log_path.read_text(errors="replace")
+            except OSError:
+                continue
+            found += [f"{child.log_path.name}: {line}" for line in text.splitlines()
+                      if line.startswith("Traceback") or "#critical]" in line]
+        return found
+
     def stop_all(self) -> None:
         for child in reversed(self.children):
             if child.proc.returncode is None or not child._log.closed:

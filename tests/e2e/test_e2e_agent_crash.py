@@ -175,3 +175,8 @@ def test_killed_right_after_the_script_finished(crashy):
         assert_ended_once(a, "failed", "interrupted")
     assert line_count(runs) == 1
     wait_until(lambda: not c.procs.leftovers(), "no script processes left", timeout=15)
+
+
+def test_no_errors_logged(crashy):
+    # kill -9 and restarts are warnings at most: no traceback, nothing critical.
+    assert crashy.procs.log_problems() == []

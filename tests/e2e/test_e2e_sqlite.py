@@ -217,6 +217,8 @@ def test_server_restarted_between_delivery_and_result(cluster):
     assert line_count(files / "restart.runs") == 1
 
 
-def test_nothing_left_running_of_the_scripts(cluster):
+def test_nothing_left_running_and_no_errors_logged(cluster):
     # Every script of this module has ended; none lingers in the background.
     wait_until(lambda: not cluster.procs.leftovers(), "no script processes left", timeout=15)
+    # And no process logged a traceback or a critical event.
+    assert cluster.procs.log_problems() == []
