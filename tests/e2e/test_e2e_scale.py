@@ -91,7 +91,8 @@ def test_two_servers_two_job_handlers_on_postgresql_and_rabbitmq(tmp_path, postg
     apis = [s.api() for s in servers]
     computers = wait_for_computers(apis[0], [a.name for a in agents], alive=alive)
     for h in handlers:  # both consuming before the work arrives, so both get some
-        wait_until(lambda: "started" in h.child.log_path.read_text(), f"{h.child.name} to start", alive=alive)
+        wait_until(lambda: all(text in h.child.log_path.read_text() for text in ("connected to RabbitMQ", "started")),
+                   f"{h.child.name} to consume", alive=alive)
 
     # A group of scripts across both agents (each agent served by its own server).
     files = tmp_path / "files"
