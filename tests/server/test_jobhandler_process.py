@@ -191,3 +191,11 @@ def test_old_schema_is_refused_with_exit_1(tmp_path, sqlite_url):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "upgrade" in done.stderr
+
+
+def test_help_shows_the_job_handler_options():
+    done = subprocess.run([sys.executable, "-m", "ridgeline", "job-handler", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    for flag in ("--config", "--database", "--queue", "--concurrency", "--lease-seconds", "--job-grace"):
+        assert flag in done.stdout, flag
