@@ -378,6 +378,17 @@ def test_output_of_an_activity_without_one_is_a_clear_error(server, cli):
     assert (code, out, err) == (1, "", f"ridgeline: error: activity {aid} has no output\n")
 
 
+def test_output_of_a_report_job(server, cli):
+    code, out, err = cli("activities", "run-job", "activity-report", "--param", "type=cli-test-job",
+                         "--watch", "--interval", "0.1")
+    assert code == 0, (out, err)
+    aid = next(line.split()[1] for line in out.splitlines() if line.startswith("activity "))
+    code, out, err = cli("activities", "output", aid)
+    assert code == 2 and "activities.csv" in err and "activities.json" in err
+    csv_text = ok(cli("activities", "output", aid, "activities.csv"))
+    assert csv_text.splitlines()[0].startswith("id,")
+
+
 def test_list_paging_note(server, cli):
     for _ in range(3):
         ok(cli("activities", "run-job", "cli-test-job", "--summary", "paging"))

@@ -28,7 +28,7 @@ ROUTES_USED = (
     ("POST", "/activities/{activity_id}/reapply"), ("GET", "/activity-types"), ("POST", "/attachments"),
     ("GET", "/events"),
 )
-#: Job outputs: served by ``server.api.outputs`` (not written yet when this was).
+#: Job outputs, served by ``server.api.outputs``.
 OUTPUT_ROUTES = (("GET", "/activities/{activity_id}/output"), ("GET", "/activities/{activity_id}/output/{name}"))
 
 #: How long ``watch`` keeps polling through a server that does not answer (a restart).
@@ -217,7 +217,7 @@ def _output_listing(data: bytes) -> list[Mapping[str, Any]] | None:
         reply = json.loads(data)
     except ValueError:
         return None
-    items = reply.get("results") if isinstance(reply, Mapping) else None
+    items = reply.get("outputs") if isinstance(reply, Mapping) else None
     if isinstance(items, list) and all(isinstance(i, Mapping) and "name" in i and "size" in i for i in items):
         return items
     return None
