@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pwd
 import os
-import secrets
+import pwd
 import uuid
 
 import pytest
@@ -29,8 +28,3 @@ def procs(tmp_path):
     p = new_processes(tmp_path)
     yield p
     p.stop_all()
-
-
-@pytest.fixture
-def registration_key() -> str:
-    return secrets.token_urlsafe(16)

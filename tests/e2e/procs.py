@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -93,12 +92,6 @@ def marked_pids(marker: str) -> list[int]:
         if needle in environ.split(b"\0") and pid_running(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Child:

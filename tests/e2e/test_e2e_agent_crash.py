@@ -166,6 +166,7 @@ def test_killed_right_after_the_script_finished(crashy):
     c.agent.kill9()
     recorded = c.operation_state(act)
     assert recorded in ("running", "done")
+    print(f"killed with the operation {recorded}")
 
     a = _restart_and_wait(c, act, runs)
     if recorded == "done":  # the result was durable: delivered, once
