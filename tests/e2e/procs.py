@@ -268,12 +268,6 @@ class Server:
     def stop(self) -> int:
         return self.child.stop()
 
-    def restart(self) -> None:
-        """SIGTERM, wait for the exit, start again on the same data and port."""
-        code = self.stop()
-        assert code == 0, f"the {self.name} exited {code} on SIGTERM:\n{self.child.log_tail()}"
-        self.start(self.port)
-
     def api(self) -> ApiClient:
         if self._api_key is None:
             done = self.procs.run(ridgeline("api-key", "create", "--name", f"e2e-{self.name}",

@@ -111,7 +111,8 @@ def _wait_started(cluster: Cluster, name: str) -> None:
 def test_every_kind_of_script_activity_ends_as_it_should(cluster):
     files = cluster.files
     now = dt.datetime.now(UTC)
-    first = cluster.script("agent-1", f"#!/bin/sh\nsleep 2\necho \"hello from $(hostname)\"\necho run >> {files}/plain.runs\n")
+    first = cluster.script("agent-1", f"#!/bin/sh\nsleep 2\necho \"hello from $(hostname)\"\n"
+                                      f"echo run >> {files}/plain.runs\n")
     scheduled = cluster.script("agent-2", "#!/bin/sh\necho scheduled\n",
                                deliver_after=_utc(now + dt.timedelta(seconds=6)))
     # Not delivered before its time.
@@ -206,11 +207,19 @@ def test_agent_killed_mid_script_reports_interrupted_and_runs_nothing_twice(clus
 
 def test_server_restarted_between_delivery_and_result(cluster):
     files = cluster.files
-    act = cluster.script("agent-2", f"#!/bin/sh\necho run >> {files}/restart.runs\nsleep 5\necho finished\n")
+    act = cluster.script("agent-2", f"#!/bin/sh\necho run >> {files}/restart.runs\nsleep 3\necho finished\n"
+                                    f"touch {files}/restart.done\n")
     wait_until(lambda: line_count(files / "restart.runs") == 1, "the script to start", alive=cluster.alive)
     assert cluster.state(act["id"])["state"] == "in-progress"
 
-    cluster.server.restart()  # SIGTERM, exit 0, the same data and port
+    # SIGTERM while the script runs; the script ends while no server listens,
+    # so its result can only come from the agent's durable outbox.
+    server = cluster.server
+    assert server.stop() == 0, server.child.log_tail()
+    agent = cluster.agents["agent-2"]
+    wait_until((files / "restart.done").exists, "the script to finish", alive=agent.child.check_alive)
+    server.start(server.port)  # the same data and port
+
     done = cluster.final(act["id"])
     assert_ended_once(done[act["id"]], "succeeded")
     assert "finished" in done[act["id"]]["result_text"]
