@@ -598,7 +598,7 @@ class Demo:
             return
         try:
             listing = self.api.get(f"/activities/{step.id}/output")
-            names = [o["name"] for o in (listing.get("results") if isinstance(listing, dict) else None) or []]
+            names = [o["name"] for o in (listing.get("outputs") if isinstance(listing, dict) else None) or []]
             if "activities.csv" not in names:
                 step.output_error = f"GET /activities/{step.id}/output lists {names or 'nothing'}"
                 return

@@ -405,8 +405,8 @@ def test_watch_json_prints_a_line_per_change():
 
 
 def test_output_listing_is_told_apart_from_an_output():
-    listing = json.dumps({"results": [{"name": "a.csv", "size": 3, "content_type": "text/csv"}]}).encode()
+    listing = json.dumps({"activity_id": 1, "outputs": [{"name": "a.csv", "size": 3, "content_type": "text/csv"}]}).encode()
     assert [i["name"] for i in commands._output_listing(listing)] == ["a.csv"]
     assert commands._output_listing(b"id,state\n1,queued\n") is None
-    assert commands._output_listing(b'{"results": [{"id": 1}]}') is None
+    assert commands._output_listing(b'{"outputs": [{"id": 1}]}') is None
     assert commands._output_listing(b'[1, 2]') is None
