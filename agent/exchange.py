@@ -26,7 +26,6 @@ from __future__ import annotations
 import email.utils
 import os
 import random as _random
-import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -381,7 +380,7 @@ class AgentCore:
             retry_after = None
             if response.code in (429, 503):
                 retry_after = parse_retry_after(
-                    response.headers.getRawHeaders(b"Retry-After", [None])[0], time.time()
+                    response.headers.getRawHeaders(b"Retry-After", [None])[0], self.reactor.seconds()
                 )
             raise ExchangeFailed(f"the server answered HTTP {response.code}", retry_after)
         return body

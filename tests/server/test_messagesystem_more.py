@@ -8,7 +8,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 
 from protocol import bpickle, codes
 from protocol import exchange as px
@@ -173,8 +173,8 @@ def _post(body: bytes, path=b"/message-system", extra=b"") -> bytes:
             b"X-Message-API: 3.2\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
-@pytest_twisted.inlineCallbacks
-def test_keep_alive_expect_continue_and_the_site_limit(socket_env):
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_expect_continue_and_the_site_limit(socket_env):
     port = socket_env
     first = bpickle.dumps(px.ExchangeRequest(server_api=b"3.2", client_api=px.CLIENT_API, sequence=0,
                                              accepted_types_digest=px.accepted_types_digest([]), messages=[],
@@ -184,10 +184,9 @@ def test_keep_alive_expect_continue_and_the_site_limit(socket_env):
     head, body = full.split(b"\r\n\r\n", 1)
     expect = (head.replace(b"Content-Length", b"Expect: 100-continue\r\nContent-Length") + b"\r\n\r\n", body)
     too_big = _post(b"x" * 5000)
-    results = yield threads.deferToThread(_http, port, [_post(first), expect, too_big])
+    results = await threads.deferToThread(_http, port, [_post(first), expect, too_big])
     (s1, _, b1), (s2, interim, b2), (s3, _, b3) = results
     assert s1 == 200 and bpickle.loads(b1)["messages"][0]["types"] == ["register", "resynchronize"]
     assert interim.startswith(b"HTTP/1.1 100")
     assert s2 == 200 and bpickle.loads(b2)["messages"][0]["type"] == "set-id"
     assert s3 == 413
-    yield defer.succeed(None)
