@@ -223,6 +223,9 @@ OPTIONS: tuple[Option, ...] = (
            "how long undelivered activities wait before they expire", metavar="DURATION"),
     Option("no_answer_deadline", parse_duration, 24 * 3600,
            "how long after delivery an activity without an answer ends failed", metavar="DURATION"),
+    Option("scheduler_interval", _parse_positive_int, 1,
+           "seconds between the scheduler's passes over due times (expiry, waiting, no-answer, leases)",
+           metavar="SECONDS"),
     Option("exchange_interval", _optional(parse_duration), None,
            "exchange interval sent to agents (default: none sent)", metavar="DURATION"),
     Option("urgent_exchange_interval", _optional(parse_duration), None,
@@ -286,6 +289,7 @@ class ServerConfig:
     script_max_size: int = 1 * MiB
     default_expiry: int = 7 * 86400
     no_answer_deadline: int = 24 * 3600
+    scheduler_interval: int = 1
     exchange_interval: int | None = None
     urgent_exchange_interval: int | None = None
     ping_interval: int | None = None

@@ -361,8 +361,6 @@ class SchedulerService(service.Service):
 def make_service(context: ServerContext) -> service.IService:
     """The scheduler service of a server process (started by ``server.service``).
 
-    The tick interval comes from ``context.config.scheduler_interval`` when the
-    configuration has that setting, else one second.
+    The tick interval is the ``scheduler_interval`` setting.
     """
-    interval = getattr(context.config, "scheduler_interval", None) or DEFAULT_INTERVAL
-    return SchedulerService(Scheduler(context), interval=float(interval))
+    return SchedulerService(Scheduler(context), interval=float(context.config.scheduler_interval))
