@@ -97,6 +97,14 @@ class HealthResource(Resource):
 
     render_HEAD = render_GET
 
+    def render(self, request):
+        if request.method in (b"GET", b"HEAD"):
+            return super().render(request)
+        # Twisted's own answer would be an HTML page; every error here is JSON.
+        request.setHeader(b"allow", b"GET, HEAD")
+        return json_error(request, 405, "method-not-allowed",
+                          f"method {request.method.decode('latin-1')} not allowed here; allowed: GET, HEAD")
+
 
 def _optional_factory(module_name: str, attribute: str) -> Callable[..., Any] | None:
     try:

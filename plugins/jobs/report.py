@@ -45,7 +45,10 @@ def _parse_time(value: str, field: str) -> dt.datetime:
         raise ParameterError(f"parameters.{field}", f"{field} is not an ISO 8601 time: {value!r}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
-    return t.astimezone(dt.timezone.utc)
+    try:
+        return t.astimezone(dt.timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59-01:00 is past the calendar's end in UTC
+        raise ParameterError(f"parameters.{field}", f"{field} is out of range: {value!r}") from None
 
 
 def validate(params: dict) -> dict:

@@ -211,7 +211,12 @@ class Api:
         request.setHeader(b"cache-control", b"no-store")
         for k, v in headers.items():
             request.setHeader(k.encode(), v.encode())
-        return encode(body)
+        try:
+            return encode(body)
+        except Exception as e:  # a reply that cannot be encoded is our bug: still a JSON 500
+            error = self._map_error(e)
+            request.setResponseCode(error.status)
+            return encode(error.body())
 
     async def _error_after_auth(self, request, error: ApiError) -> bytes:
         try:
@@ -243,15 +248,57 @@ def _failure(e: Exception):
 # --- request helpers ------------------------------------------------------------------
 
 
+class _Refused(ValueError):
+    """A JSON document that parses but cannot be used (message says why)."""
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _Refused(f"the number {text[:40]} is too large")
+    return value
+
+
+def _parse_constant(name: str):
+    raise _Refused(f"{name} is not JSON")
+
+
+def _object(pairs: list) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Refused(f"the key {repeated!r} is given more than once in an object")
+    return result
+
+
 def read_json(request) -> Any:
-    """The request body as JSON (400 ``invalid-json`` when it is not)."""
+    """The request body as JSON (400 ``invalid-json`` when it is not).
+
+    Stricter than ``json.loads`` where its leniency would reach the database or the
+    reply: NaN and infinities (no JSON column stores them), a key repeated in an
+    object (which value was meant?) and lone surrogates (``"\\ud800"``: not a character,
+    cannot be stored or sent back as UTF-8) are refused.
+    """
     raw = request.content.read() if request.content is not None else b""
     if not raw.strip():
         raise ApiError(400, "invalid-json", "a JSON request body is required")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        value = json.loads(raw.decode("utf-8"), parse_float=_parse_float,
+                           parse_constant=_parse_constant, object_pairs_hook=_object)
+    except _Refused as e:
+        raise ApiError(400, "invalid-json", f"the request body is not usable JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ApiError(400, "invalid-json", f"the request body is not valid JSON: {e}") from None
+    try:
+        # Surrogates can only come from \u escapes; one encode finds any, anywhere.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ApiError(400, "invalid-json", "the request body is not usable JSON: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid-json", "the request body is not usable JSON: it holds a lone "
+                       "surrogate escape (\\ud800-\\udfff without its pair), which is not a character") from None
+    return value
 
 
 class Query:
