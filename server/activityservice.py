@@ -42,6 +42,12 @@ REQUEST_FIELDS = frozenset({
 MAX_SUMMARY = 1000
 MAX_DELAY_WINDOW = 30 * 86400
 MAX_TAG = 200
+#: The largest id a row can have (ids are 64-bit): a larger one names nothing,
+#: and the database driver would refuse to even compare with it.
+MAX_ID = 2**63 - 1
+#: Times from this year on are refused: adding the default expiry or a delay
+#: window to them must not overflow Python's datetime (year 9999).
+MAX_YEAR = 9000
 #: The schema annotation naming the ``ServerConfig`` size limit of a string parameter.
 SIZE_ANNOTATION = "x-ridgeline-max-size"
 
@@ -75,9 +81,14 @@ def parse_time(value: Any, field: str) -> dt.datetime:
         parsed = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise invalid(field, f"{field}: {value!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
+    if parsed.year >= MAX_YEAR:
+        raise invalid(field, f"{field}: {value!r} is too far in the future (before the year {MAX_YEAR}, please)")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00
+        raise invalid(field, f"{field}: {value!r} is out of range") from None
 
 
 def _int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -145,7 +156,7 @@ def validate_request(context, request: Any, creator: str, *, origin_id: int | No
             if not isinstance(raw_ids, list):
                 raise invalid("computer_ids", "computer_ids must be a list of computer ids")
             for i, cid in enumerate(raw_ids):
-                if type(cid) is not int or cid < 1:
+                if type(cid) is not int or not 1 <= cid <= MAX_ID:
                     raise invalid(f"computer_ids.{i}", "computer_ids must hold positive integers")
             computer_ids = list(dict.fromkeys(raw_ids))
         if raw_tags is not None:
@@ -189,13 +200,13 @@ def validate_request(context, request: Any, creator: str, *, origin_id: int | No
             raise invalid(f"wait_for.{extra[0]}", f"unknown field wait_for.{extra[0]}")
         if "activity_id" not in wait_for:
             raise invalid("wait_for.activity_id", "wait_for.activity_id is required")
-        wait_for_id = _int(wait_for["activity_id"], "wait_for.activity_id", minimum=1)
+        wait_for_id = _int(wait_for["activity_id"], "wait_for.activity_id", minimum=1, maximum=MAX_ID)
         threshold = _int(wait_for.get("threshold", 100), "wait_for.threshold", minimum=0, maximum=100)
 
     attachment_ids: list[int] = []
     if atype.attachments_parameter and isinstance(params.get(atype.attachments_parameter), Mapping):
         for name, aid in params[atype.attachments_parameter].items():
-            if type(aid) is not int or aid < 1:
+            if type(aid) is not int or not 1 <= aid <= MAX_ID:
                 raise invalid(f"parameters.{atype.attachments_parameter}.{name}", "an attachment id is a positive integer")
             attachment_ids.append(aid)
 

@@ -162,6 +162,9 @@ class ActivitiesRoutes(Routes):
         actor = creator_of(request)
         now = activityservice.now_of(self.context)
         activity = await self.context.db.activities.apply_verb(activity_id, verb, actor=actor, now=now, reason=reason)
+        # An approved or resumed server activity that became queued runs now, not
+        # at the queue's next sweep.
+        activityservice.publish_if_queued(self.context, activity)
         return activity_json(activity)
 
     _VERB_DOC = dict(

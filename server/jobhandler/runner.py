@@ -99,6 +99,37 @@ class _Batcher:
         self._run_batch([item for item, _ in batch]).addBoth(done)
 
 
+#: Longest result text stored; a job's text beyond it is cut.
+MAX_RESULT_TEXT = 10000
+#: Result codes must fit the database's integer column on every backend.
+_CODE_RANGE = (-(2**31), 2**31 - 1)
+
+
+def outcome_of(result: Any) -> tuple[str, dict]:
+    """The state and values a job's return value means. A value the database
+    could not store (a code that is no integer or out of range, a text that is no
+    string) fails the activity with a text saying what was wrong, rather than
+    poisoning the batch of outcomes it would be written with."""
+    if result is None or isinstance(result, str):
+        return states.SUCCEEDED, {"result_text": (result or "")[:MAX_RESULT_TEXT], "result_code": None}
+    if not isinstance(result, JobResult):
+        return states.FAILED, {"result_text": f"the job returned {type(result).__name__}, not a JobResult or text",
+                               "result_code": None}
+    problem = None
+    code = result.code
+    if code is not None and (type(code) is not int or not _CODE_RANGE[0] <= code <= _CODE_RANGE[1]):
+        problem = f"its result code {code!r:.50} is not an integer from {_CODE_RANGE[0]} to {_CODE_RANGE[1]}"
+    elif not isinstance(result.text, str):
+        problem = f"its text is {type(result.text).__name__}, not a string"
+    elif not isinstance(result.failed, bool):
+        problem = f"its failed flag is {type(result.failed).__name__}, not true or false"
+    if problem:
+        return states.FAILED, {"result_text": f"the job returned an invalid JobResult: {problem}",
+                               "result_code": None}
+    to = states.FAILED if result.failed else states.SUCCEEDED
+    return to, {"result_text": result.text[:MAX_RESULT_TEXT], "result_code": code}
+
+
 @dataclass(eq=False)
 class _Run:
     activity: Any
@@ -302,17 +333,10 @@ class JobHandler(service.Service):
             e = result.value
             text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             log.info("job {id} ({type}) failed: {text}", id=run.activity.id, type=run.activity.type, text=text)
-            self._settle(run, states.FAILED, {"result_text": text[:10000], "result_code": None})
+            self._settle(run, states.FAILED, {"result_text": text[:MAX_RESULT_TEXT], "result_code": None})
             return None
-        if isinstance(result, JobResult):
-            to = states.FAILED if result.failed else states.SUCCEEDED
-            self._settle(run, to, {"result_text": result.text, "result_code": result.code})
-        elif result is None or isinstance(result, str):
-            self._settle(run, states.SUCCEEDED, {"result_text": result or "", "result_code": None})
-        else:
-            self._settle(run, states.FAILED, {
-                "result_text": f"the job returned {type(result).__name__}, not a JobResult or text",
-                "result_code": None})
+        to, values = outcome_of(result)
+        self._settle(run, to, values)
         return None
 
     def _time_up(self, run: _Run, limit: float) -> None:
