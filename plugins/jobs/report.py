@@ -30,7 +30,7 @@ PARAMETERS_SCHEMA = {
     "properties": {
         "state": {"type": "string", "enum": list(states.STATES), "description": "only activities in this state"},
         "type": {"type": "string", "minLength": 1, "maxLength": 200, "description": "only this activity type"},
-        "computer_id": {"type": "integer", "minimum": 1, "description": "only this computer's activities"},
+        "computer_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1, "description": "only this computer's activities"},
         "created_after": {"type": "string", "description": "ISO 8601 time: created at or after"},
         "created_before": {"type": "string", "description": "ISO 8601 time: created before"},
         "max_rows": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 100_000},

@@ -170,6 +170,9 @@ class Api:
         try:
             if authenticated:
                 request.api_key = await auth.authenticate(self.context, request)
+            if any(type(v) is int and v > activityservice.MAX_ID for v in kw.values()):
+                # No row has such an id; the database driver would refuse the query.
+                raise ApiError(404, "not-found", "no such resource")
             result = await handler(request, **kw)
             if isinstance(result, RawReply):
                 request.setResponseCode(result.status)
