@@ -109,6 +109,9 @@ def parse_size(text: str) -> int:
     return value
 
 
+#: Longest duration accepted (100 years): added to today it must stay a valid
+#: time, or every expiry, deadline and lease computed with it would fail.
+MAX_DURATION = 100 * 365 * 86400
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -121,6 +124,8 @@ def parse_duration(text: str) -> int:
     value = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
     if value <= 0:
         raise ValueError("must be a positive duration")
+    if value > MAX_DURATION:
+        raise ValueError(f"must be at most {MAX_DURATION // (365 * 86400)} years")
     return value
 
 
@@ -386,6 +391,8 @@ def _read_file(path: str) -> dict[str, str]:
             parser.read_file(f)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except configparser.Error as e:
         raise ConfigError(f"config file {path} is not a valid INI file: {e.message.splitlines()[0]}") from None
     for section in parser.sections():
@@ -463,10 +470,30 @@ def load(args: argparse.Namespace | Mapping[str, Any] | None = None,
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(values["database_url"])
+            url = make_url(values["database_url"])
         except ArgumentError:
             raise ConfigError(f"database_url: not a database URL: {values['database_url']!r}") from None
+        _check_database_url(url)
     return ServerConfig(**values)
+
+
+#: The databases Ridgeline runs on, and the driver each needs in the URL.
+_DATABASES = {"sqlite": "sqlite:///PATH", "postgresql": "postgresql+psycopg://USER@HOST/DB"}
+
+
+def _check_database_url(url) -> None:
+    """Refuse, as a configuration error, a URL whose database Ridgeline does not
+    support or whose driver is not installed (otherwise the first connection
+    fails with SQLAlchemy's traceback)."""
+    backend = url.get_backend_name()
+    if backend not in _DATABASES:
+        raise ConfigError(f"database_url: {backend!r} databases are not supported; use "
+                          + " or ".join(_DATABASES.values()))
+    try:
+        url.get_dialect().import_dbapi()
+    except Exception:  # NoSuchModuleError (unknown driver) or ImportError (driver not installed)
+        raise ConfigError(f"database_url: the driver {url.drivername!r} is not available; use "
+                          f"{_DATABASES[backend]}") from None
 
 
 def _show(opt: Option, value: str) -> str:
