@@ -87,7 +87,7 @@ def serve(kind: str, db_url: str | None, port_file: Path) -> None:
 
 
 def seed(db_url: str, agents: int) -> None:
-    """N accepted computers with secure ids ``bench-<i>``, their types known (idle)."""
+    """N accepted computers with secure ids ``bench-<i>``, their types and API known (idle)."""
     import datetime as dt
 
     import sqlalchemy as sa
@@ -107,8 +107,10 @@ def seed(db_url: str, agents: int) -> None:
     types = sorted(["accepted-types", "execute-script", "registration", "resynchronize", "set-id",
                     "set-intervals", "unknown-id"])
     db.run_sync(db.computers.create_many_thd, news, now)
+    # As registration leaves them (it stores the client's API), so that their
+    # first exchange here is already an idle one.
     db.run_sync(lambda conn: conn.execute(computers.update().values(
-        client_accepted_types=";".join(types),
+        client_accepted_types=";".join(types), client_api=px.CLIENT_API.decode("ascii"),
         client_accepted_types_hash=px.accepted_types_digest(types).hex())))
     db.close()
 

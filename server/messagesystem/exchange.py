@@ -41,12 +41,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
+
 from protocol import bpickle, codes
 from protocol import exchange as px
 from protocol import messages as pm
 from server import states
 from server.db.activities import Activity, NewActivity
 from server.db.computers import NewComputer, hash_secret
+from server.db.exchangestate import BUSY
 from server.hookspecs import Delivery
 
 #: What the server accepts from a client that has not registered yet.
@@ -141,29 +144,48 @@ class MessageSystem:
     def exchange(self, incoming: Incoming):
         """Deferred of the reply payload (a dict for bpickle)."""
         now = _now(self.context.reactor)
-        if _maybe_idle(incoming):
-            return self.db.runner(self._idle_or_full, incoming, now)
-        return self.db.run(self.exchange_thd, incoming, now)
+        if not _maybe_idle(incoming):
+            return self.db.run(self.exchange_thd, incoming, now)
+        store = self.db.exchange
+        if store.inline_idle:
+            # SQLite: the idle exchange right here (see idle_exchange_inline): no
+            # thread hop. Not idle → the full exchange; database busy → the pool.
+            token = secrets.token_urlsafe(TOKEN_BYTES).encode("ascii")
+            try:
+                state = store.idle_exchange_inline(*self._idle_args(incoming, token), now)
+            except Exception:
+                return defer.fail()
+            if state is None:
+                return self.db.run(self.exchange_thd, incoming, now)
+            if state is not BUSY:
+                return defer.succeed(self._idle_reply(state, token))
+        return self.db.runner(self._idle_or_full, incoming, now)
 
-    def _idle_or_full(self, inc: Incoming, now: dt.datetime) -> dict:
-        """The idle exchange in one short transaction of two statements; anything
-        else (or any doubt) falls back to the full exchange. In the database thread."""
-        token = secrets.token_urlsafe(TOKEN_BYTES).encode("ascii")
+    @staticmethod
+    def _idle_args(inc: Incoming, token: bytes) -> tuple:
         req = inc.request
-        state = self.db.exchange.idle_exchange_sync(
+        return (
             hash_secret(inc.secure_id),
             None if inc.token is None else hash_secret(inc.token),
             hash_secret(token),
             req.next_expected_sequence,
             req.client_api.decode("ascii", "replace")[:16] if req.client_api else None,
-            now,
         )
-        if state is None:
-            return self.db.run_sync(self.exchange_thd, inc, now)
+
+    def _idle_reply(self, state, token: bytes) -> dict:
         # Nothing received: the client's next number is what we expect, or a gap
         # (it is ahead) that we answer with what we expect, as the full path does.
         return self._wire(Reply(next_expected=state.client_sequence, token=token,
                                 client_types_hash=state.client_accepted_types_hash))
+
+    def _idle_or_full(self, inc: Incoming, now: dt.datetime) -> dict:
+        """The idle exchange in one short transaction of two statements; anything
+        else (or any doubt) falls back to the full exchange. In the database thread."""
+        token = secrets.token_urlsafe(TOKEN_BYTES).encode("ascii")
+        state = self.db.exchange.idle_exchange_sync(*self._idle_args(inc, token), now)
+        if state is None:
+            return self.db.run_sync(self.exchange_thd, inc, now)
+        return self._idle_reply(state, token)
 
     def exchange_thd(self, conn, incoming: Incoming, now: dt.datetime) -> dict:
         if incoming.secure_id is None:
