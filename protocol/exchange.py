@@ -42,6 +42,7 @@ __all__ = [
     "CLIENT_API",
     "DEFAULT_SERVER_API",
     "MAX_MESSAGES_PER_EXCHANGE",
+    "MAX_PAYLOAD_INT",
     "PING_MESSAGES_WAITING",
     "SERVER_API",
     "AckResult",
@@ -68,6 +69,9 @@ MAX_MESSAGES_PER_EXCHANGE = 100
 #: The ping reply meaning "messages are waiting: exchange now". Any other
 #: reply means nothing is waiting.
 PING_MESSAGES_WAITING = {"messages": True}
+#: The largest sequence number or count a payload may carry: both sides store
+#: them in 64-bit signed database columns.
+MAX_PAYLOAD_INT = 2**63 - 1
 
 
 class PayloadError(ValueError):
@@ -97,8 +101,17 @@ def _get_int(obj: dict, key: str, *, required: bool) -> int | None:
         return None
     value = obj[key]
     if type(value) is not int or value < 0:
-        raise PayloadError(key, f"must be a non-negative int, not {value!r:.60}")
+        raise PayloadError(key, f"must be a non-negative int, not {_short(value)}")
+    if value > MAX_PAYLOAD_INT:
+        raise PayloadError(key, f"must be at most {MAX_PAYLOAD_INT} (a 64-bit int), not {_short(value)}")
     return value
+
+
+def _short(value: object) -> str:
+    # repr() of an int of thousands of digits raises (Python's int/str limit).
+    if type(value) is int and value.bit_length() > 200:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.60}"
 
 
 def _get_bytes(obj: dict, key: str, *, required: bool) -> bytes | None:

@@ -84,6 +84,12 @@ REGISTRATION_MAX_PENDING_COMPUTERS = "max-pending-computers"
 
 # A tag as landscape-client accepts it.
 _TAG = re.compile(r"\w+[\w-]*")
+#: The longest tag (the server stores tags in a 200-character column).
+MAX_TAG_LENGTH = 200
+#: Operation ids are 64-bit signed integers in both sides' databases.
+MAX_OPERATION_ID = 2**63 - 1
+# Result codes are 32-bit signed integers in the server's database.
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 class MessageError(ValueError):
@@ -118,6 +124,20 @@ def _int(value: object) -> int:
     if type(value) is not int:
         raise _Bad(f"must be an int, not {_tname(value)}")
     return value
+
+
+def _operation_id(value: object) -> int:
+    if not 0 <= _int(value) <= MAX_OPERATION_ID:
+        shown = value if value.bit_length() <= 200 else f"an int of {value.bit_length()} bits"  # type: ignore[union-attr]
+        raise _Bad(f"must be between 0 and {MAX_OPERATION_ID}, not {shown}")
+    return value  # type: ignore[return-value]
+
+
+def _int32(value: object) -> int:
+    if not _INT32[0] <= _int(value) <= _INT32[1]:
+        shown = value if value.bit_length() <= 200 else f"an int of {value.bit_length()} bits"  # type: ignore[union-attr]
+        raise _Bad(f"must be a 32-bit int, not {shown}")
+    return value  # type: ignore[return-value]
 
 
 def _non_negative_int(value: object) -> int:
@@ -223,6 +243,8 @@ def _tags(value: object) -> list[str]:
     tags = [tag.strip() for tag in text.split(",")]
     tags = [tag for tag in tags if tag]
     for tag in tags:
+        if len(tag) > MAX_TAG_LENGTH:
+            raise _Bad(f"has a tag longer than {MAX_TAG_LENGTH} characters ({tag[:20]!r}...)")
         if not _TAG.fullmatch(tag):
             raise _Bad(f"has an invalid tag {tag!r} (letters, digits, '_' and '-', not first)")
     return tags
@@ -251,14 +273,14 @@ _SERVER_SCHEMAS: dict[str, _Schema] = {
     "unknown-id": {"clone-of": (_optional(_text), False)},
     "registration": {"info": (_text, True)},
     "accepted-types": {"types": (_text_list, True)},
-    "resynchronize": {"operation-id": (_int, True), "scopes": (_optional(_text_list), False)},
+    "resynchronize": {"operation-id": (_operation_id, True), "scopes": (_optional(_text_list), False)},
     "set-intervals": {
         "exchange": (_optional(_interval), False),
         "urgent-exchange": (_optional(_interval), False),
         "ping": (_optional(_interval), False),
     },
     "execute-script": {
-        "operation-id": (_int, True),
+        "operation-id": (_operation_id, True),
         "interpreter": (_text, True),
         "code": (_text, True),
         "username": (_text, True),
@@ -266,18 +288,18 @@ _SERVER_SCHEMAS: dict[str, _Schema] = {
         "attachments": (_attachments, True),
         "env": (_optional(_env), False),
     },
-    "cancel-activity": {"target-operation-id": (_int, True)},
+    "cancel-activity": {"target-operation-id": (_operation_id, True)},
 }
 
 _CLIENT_SCHEMAS: dict[str, _Schema] = {
     "operation-result": {
-        "operation-id": (_int, True),
+        "operation-id": (_operation_id, True),
         "status": (_status, True),
-        "result-code": (_optional(_int), False),
+        "result-code": (_optional(_int32), False),
         "result-text": (_optional(_text), False),
         **_COMMON_CLIENT,
     },
-    "resynchronize": {"operation-id": (_optional(_int), False), **_COMMON_CLIENT},
+    "resynchronize": {"operation-id": (_optional(_operation_id), False), **_COMMON_CLIENT},
 }
 
 # register: normalised (underscored) name -> (wire names to look for, converter, required).
@@ -334,8 +356,25 @@ def _apply(mtype: str, schema: _Schema, message: dict) -> dict:
 def _unknown(mtype: str, message: dict) -> dict:
     out = dict(message)
     out["type"] = mtype
-    if "operation-id" in message and type(message["operation-id"]) is not int:
-        raise MessageError(mtype, "operation-id", f"must be an int, not {_tname(message['operation-id'])}")
+    if "operation-id" in message:
+        try:
+            _operation_id(message["operation-id"])
+        except _Bad as e:
+            raise MessageError(mtype, "operation-id", str(e)) from None
+    return out
+
+
+def _without_nul(out: dict) -> dict:
+    """NUL characters replaced by U+FFFD in the str fields of a client message.
+
+    A NUL is valid UTF-8 and real clients send it (script output); PostgreSQL
+    text cannot hold it, so the server would fail the whole exchange forever.
+    """
+    for key, value in out.items():
+        if type(value) is str and "\0" in value:
+            out[key] = value.replace("\0", "\ufffd")
+        elif type(value) is list:
+            out[key] = [v.replace("\0", "\ufffd") if type(v) is str else v for v in value]
     return out
 
 
@@ -386,15 +425,19 @@ def validate_client_message(message: dict) -> dict:
     - any other type: a copy with ``type`` as str, unchecked (the server keeps
       or ignores it); an ``operation-id``, if present, must be an int.
 
+    Operation ids are between 0 and :data:`MAX_OPERATION_ID` and result codes
+    32-bit (what the databases hold). NUL characters in the str fields of
+    ``register``, ``operation-result`` and ``resynchronize`` become U+FFFD.
+
     :raises MessageError: naming the message type and the first bad field.
     """
     mtype = _message_type(message)
     if mtype == "register":
-        return _validate_register(message)
+        return _without_nul(_validate_register(message))
     schema = _CLIENT_SCHEMAS.get(mtype)
     if schema is None:
         return _unknown(mtype, message)
-    return _apply(mtype, schema, message)
+    return _without_nul(_apply(mtype, schema, message))
 
 
 def validate_server_message(message: dict) -> dict:
@@ -413,6 +456,9 @@ def validate_server_message(message: dict) -> dict:
     - ``cancel-activity``: ``target-operation-id`` (int); no ``operation-id``.
     - any other type: a copy with ``type`` as str; an ``operation-id``, if
       present, must be an int (the agent answers such a message "no handler").
+
+    Operation ids (``target-operation-id`` too) are between 0 and
+    :data:`MAX_OPERATION_ID`, what the agent's database holds.
 
     :raises MessageError: naming the message type and the first bad field.
     """
