@@ -81,14 +81,22 @@ def parse_time(value: Any, field: str) -> dt.datetime:
         parsed = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise invalid(field, f"{field}: {value!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from None
-    if parsed.year >= MAX_YEAR:
-        raise invalid(field, f"{field}: {value!r} is too far in the future (before the year {MAX_YEAR}, please)")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+01:00
         raise invalid(field, f"{field}: {value!r} is out of range") from None
+
+
+def _delivery_time(value: Any, field: str) -> dt.datetime:
+    """A ``deliver_after`` / ``deliver_before``: a time far enough from the end of
+    the calendar that expiry and delay windows can be added to it (list filters
+    take any time: nothing is added to them)."""
+    parsed = parse_time(value, field)
+    if parsed.year >= MAX_YEAR:
+        raise invalid(field, f"{field}: {value!r} is too far in the future (before the year {MAX_YEAR}, please)")
+    return parsed
 
 
 def _int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -174,12 +182,12 @@ def validate_request(context, request: Any, creator: str, *, origin_id: int | No
                 raise invalid(f, f"{type_name} is a server activity type: it takes no {f}")
 
     now = now_of(context)
-    deliver_after = parse_time(request["deliver_after"], "deliver_after") if request.get("deliver_after") is not None else None
+    deliver_after = _delivery_time(request["deliver_after"], "deliver_after") if request.get("deliver_after") is not None else None
     window = request.get("deliver_delay_window")
     if window is not None:
         window = _int(window, "deliver_delay_window", minimum=0, maximum=MAX_DELAY_WINDOW)
     if request.get("deliver_before") is not None:
-        deliver_before = parse_time(request["deliver_before"], "deliver_before")
+        deliver_before = _delivery_time(request["deliver_before"], "deliver_before")
         if deliver_before <= now:
             raise invalid("deliver_before", "deliver_before is already past")
         if deliver_after is not None and deliver_before <= deliver_after:

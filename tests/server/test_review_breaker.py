@@ -121,3 +121,8 @@ def test_approve_and_resume_publish_a_server_activity_at_once(sqlite_server_db, 
 @pytest.fixture
 def api_db(sqlite_server_db):
     return Api(sqlite_server_db)
+
+
+def test_a_list_filter_may_still_name_a_far_time(api_db):
+    code, body = api_db.get("/activities?created_before=9999-12-31T00:00:00Z")
+    assert code == 200, body
