@@ -20,6 +20,13 @@ SECTION = "agent"
 
 DEFAULT_DATA_PATH = "/var/lib/ridgeline/agent"
 MIN_INTERVAL = 1
+#: Longest interval accepted (a week): beyond it the agent would look dead.
+MAX_INTERVAL = 7 * 86400
+#: Largest script output kept, in KiB: a result must fit in one exchange a
+#: server accepts (decoded with replacement, a byte can become 3).
+MAX_SCRIPT_OUTPUT_LIMIT = 4096
+#: Longest tag (the server's column).
+MAX_TAG_LENGTH = 200
 
 _TAG = re.compile(r"^\w+[\w-]*$")
 _USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$")
@@ -74,19 +81,35 @@ def derive_ping_url(url: str) -> str:
 
 
 def _check_url(key: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises on a port that is not a number in 0-65535
+    except ValueError as e:
+        raise ConfigError(f"{key}: {value!r} is not a valid URL ({e})", key) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: {value!r} is not an http:// or https:// URL", key)
+    if parts.username is not None or parts.password is not None:
+        # It would be logged with every failure, and nothing sends it anyway.
+        raise ConfigError(f"{key}: user names and passwords in the URL are not supported", key)
+    if parts.fragment:
+        raise ConfigError(f"{key}: {value!r} has a #fragment", key)
     return value
 
 
+def _whole_number(key: str, value: str | int, unit: str) -> int:
+    text = str(value).strip()
+    # int() would also take "5_0", " +5" and non-ASCII digits.
+    if not re.fullmatch(r"-?[0-9]+", text, flags=re.ASCII) or len(text) > 30:
+        raise ConfigError(f"{key}: {value!r} is not a whole number of {unit}", key)
+    return int(text)
+
+
 def _interval(key: str, value: str | int) -> int:
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} is not a whole number of seconds", key) from None
+    n = _whole_number(key, value, "seconds")
     if n < MIN_INTERVAL:
         raise ConfigError(f"{key}: must be at least {MIN_INTERVAL} second, got {n}", key)
+    if n > MAX_INTERVAL:
+        raise ConfigError(f"{key}: must be at most {MAX_INTERVAL} seconds (a week), got {n}", key)
     return n
 
 
@@ -95,6 +118,8 @@ def _script_users(value: str) -> str | tuple[str, ...]:
     if text.upper() == "ALL":
         return "ALL"
     names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if any(n.upper() == "ALL" for n in names):
+        raise ConfigError("script_users: ALL stands alone (it allows every user)", "script_users")
     for n in names:
         if not _USER.match(n):
             raise ConfigError(f"script_users: {n!r} is not a valid user name", "script_users")
@@ -116,12 +141,11 @@ def _parse(key: str, value: str):
     if key in ("exchange_interval", "urgent_exchange_interval", "ping_interval"):
         return _interval(key, value)
     if key == "script_output_limit":
-        try:
-            n = int(str(value).strip())
-        except ValueError:
-            raise ConfigError(f"script_output_limit: {value!r} is not a whole number of KiB", key) from None
+        n = _whole_number(key, value, "KiB")
         if n < 1:
             raise ConfigError(f"script_output_limit: must be at least 1 KiB, got {n}", key)
+        if n > MAX_SCRIPT_OUTPUT_LIMIT:
+            raise ConfigError(f"script_output_limit: must be at most {MAX_SCRIPT_OUTPUT_LIMIT} KiB, got {n}", key)
         return n
     if key == "log_level":
         level = value.strip().lower()
@@ -137,6 +161,8 @@ def _parse(key: str, value: str):
     if key == "tags":
         tags = [t.strip() for t in value.split(",") if t.strip()]
         for t in tags:
+            if len(t) > MAX_TAG_LENGTH:
+                raise ConfigError(f"tags: {t[:20]!r}... is longer than {MAX_TAG_LENGTH} characters", key)
             if not _TAG.match(t):
                 raise ConfigError(f"tags: {t!r} is not a valid tag (letters, digits, _ and -)", key)
         return ", ".join(tags) or None
@@ -148,6 +174,12 @@ def _parse(key: str, value: str):
         path = value.strip()
         if not Path(path).is_file():
             raise ConfigError(f"ssl_public_key: CA file {path!r} does not exist", key)
+        try:
+            text = Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"ssl_public_key: cannot read {path!r}: {e.strerror or e}", key) from None
+        if b"-----BEGIN CERTIFICATE-----" not in text:
+            raise ConfigError(f"ssl_public_key: {path!r} holds no PEM certificate", key)
         return path
     if key in ("data_path", "log_dir", "script_tempdir"):
         if not value.strip():

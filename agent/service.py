@@ -44,6 +44,23 @@ def build_agent(
     )
 
 
+def load_ca_certificates(path: str) -> list:
+    """Every certificate of a PEM file (a CA, or a bundle/chain as curl's CAINFO
+    takes), as Twisted ``Certificate`` objects. Raises ValueError when none."""
+    from twisted.internet.ssl import Certificate
+
+    with open(path, "rb") as f:
+        text = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [b + marker for b in text.split(marker) if b"-----BEGIN CERTIFICATE-----" in b]
+    if not blocks:
+        raise ValueError(f"{path!r} holds no PEM certificate")
+    try:
+        return [Certificate.loadPEM(b[b.index(b"-----BEGIN CERTIFICATE-----") :]) for b in blocks]
+    except Exception as e:  # OpenSSL's error is a list of tuples: say it plainly
+        raise ValueError(f"{path!r} holds a certificate that cannot be read ({e})") from None
+
+
 def make_http_client(reactor, config: AgentConfig):
     """A treq client over a persistent connection pool; https verifies against the
     ``ssl_public_key`` CA file when one is given (else the system's roots)."""
@@ -53,11 +70,10 @@ def make_http_client(reactor, config: AgentConfig):
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 2
     if config.ssl_public_key:
-        from twisted.internet.ssl import Certificate
+        from twisted.internet.ssl import trustRootFromCertificates
 
-        with open(config.ssl_public_key, "rb") as f:
-            ca = Certificate.loadPEM(f.read())
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ca)
+        certificates = load_ca_certificates(config.ssl_public_key)
+        policy = BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certificates))
     else:
         policy = BrowserLikePolicyForHTTPS()
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
@@ -70,13 +86,33 @@ def run(config: AgentConfig) -> int:
     """
     from twisted.internet import reactor
 
-    logs = LogSetup(config.log_dir, config.log_level)
-    logs.start()
+    from agent.plugins import AgentPlugins, PluginError
+
+    # Each setting that turns out unusable at start is one line naming it, exit
+    # status 2, like a bad value in the file.
+    def refuse(key: str, problem: object) -> int:
+        print(f"ridgeline agent: error: {key}: {problem}", file=sys.stderr)
+        return 2
+
     try:
-        agent = build_agent(config, reactor=reactor, http=make_http_client(reactor, config))
-    except Exception as e:  # plugin or store problem at start: one clear line
-        print(f"ridgeline agent: {e}", file=sys.stderr)
-        return 1
+        logs = LogSetup(config.log_dir, config.log_level)
+    except OSError as e:
+        return refuse("log_dir", f"cannot write {config.log_dir!r}/agent.log: {e.strerror or e}")
+    try:
+        plugins = AgentPlugins.load(reactor, config.plugins)
+    except PluginError as e:
+        return refuse("plugins", str(e).removeprefix("plugins: "))
+    try:
+        store = AgentStore.open(config.data_path)
+    except Exception as e:  # OSError, or SQLite refusing the file
+        return refuse("data_path", f"cannot keep the agent's state in {config.data_path!r}: {getattr(e, 'strerror', None) or e}")
+    try:
+        http = make_http_client(reactor, config)
+    except (OSError, ValueError) as e:
+        store.close()
+        return refuse("ssl_public_key", e)
+    logs.start()
+    agent = build_agent(config, reactor=reactor, http=http, plugins=plugins, store=store)
     log.info(
         "Ridgeline agent starting: server {url}, data in {data}, plugins: {plugins}",
         url=config.url,
