@@ -28,7 +28,9 @@ import os
 import random as _random
 from typing import Any, Callable
 
+import treq
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -50,6 +52,13 @@ CORE_TYPES = frozenset(
 MAX_BACKOFF = 3600.0
 #: Longest Retry-After honoured (a broken header must not park the agent for days).
 MAX_RETRY_AFTER = 86400.0
+#: Largest exchange reply read; a bigger one fails the exchange as soon as it
+#: is known to be bigger (bpickle's own input limit).
+MAX_REPLY_BYTES = bpickle.DEFAULT_MAX_LENGTH
+#: The encoded messages of one exchange stay under this (one larger message
+#: still goes alone): a batch of 100 large results would exceed the body limit
+#: of a server (Ridgeline's default is 30 MiB) and be refused on every retry.
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 #: Exchange requests time out after this many seconds.
 HTTP_TIMEOUT = 120.0
 USER_AGENT = b"ridgeline-agent"
@@ -78,6 +87,34 @@ def parse_retry_after(value: bytes | str | None, now: float) -> float | None:
     if when is None:
         return None
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
+
+async def _read_limited(response, limit: int) -> bytes:
+    """The body of ``response``, or ExchangeFailed once it exceeds ``limit``
+    bytes (the connection is then closed instead of read to the end)."""
+    length = response.length
+    if isinstance(length, int) and length > limit:
+        response.deliverBody(_Discard())
+        raise ExchangeFailed(f"the server's reply of {length} bytes is larger than the limit of {limit}")
+    chunks: list[bytes] = []
+    received = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+        if received > limit:
+            raise ExchangeFailed(f"the server's reply is larger than the limit of {limit} bytes")
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
+
+
+class _Discard(Protocol):
+    """Drops a body that will not be read, closing the connection at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
 
 
 def _readable(failure: Failure) -> str:
@@ -333,10 +370,14 @@ class AgentCore:
         pending = self.store.pending_messages(px.MAX_MESSAGES_PER_EXCHANGE)
         server_api = state.server_api or px.DEFAULT_SERVER_API
         batch: list[dict] = []
+        size = 0
         for m in pending:
             api = m.get("api", server_api)
             if batch and api != batch[0].get("api", server_api):
                 break  # one API per batch, as landscape
+            size += len(bpickle.dumps(m))
+            if batch and size > MAX_PAYLOAD_BYTES:
+                break  # the rest goes in the next exchange
             batch.append(m)
         if batch:
             server_api = batch[0].get("api", server_api)
@@ -373,7 +414,9 @@ class AgentCore:
                 timeout=HTTP_TIMEOUT,
                 reactor=self.reactor,
             )
-            body = await response.content()
+            body = await _read_limited(response, MAX_REPLY_BYTES)
+        except ExchangeFailed:
+            raise
         except Exception as e:
             raise ExchangeFailed(f"{type(e).__name__}: {e}") from None
         if response.code != 200:
@@ -431,7 +474,8 @@ class AgentCore:
             op_id = raw.get("operation-id") if isinstance(raw, dict) else None
             mtype = raw.get("type") if isinstance(raw, dict) else None
             self.log.warn("Invalid message from the server ({type}): {e}", type=mtype, e=e)
-            if type(op_id) is int and state.secure_id and state.server_uuid:
+            # An id the store cannot hold is consumed without a record or result.
+            if type(op_id) is int and 0 <= op_id <= pm.MAX_OPERATION_ID and state.secure_id and state.server_uuid:
                 key = OperationKey(state.server_uuid, state.secure_id, op_id)
                 if self.store.begin_message(next_seq, key, str(mtype), self.reactor.seconds()):
                     self._finish(key, OperationResult(codes.FAILED, f"The agent could not accept this message: {e}"))
