@@ -21,7 +21,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = config.load(args)
     except config.ConfigError as e:
         return config.report_error("server", e)
+    from twisted.internet import reactor
+
     from server import logsetup, service
 
+    try:
+        service.check_listening_config(reactor, cfg)
+    except config.ConfigError as e:
+        return config.report_error("server", e)
     logsetup.start_logging(cfg.log_level)
-    return service.run(cfg)
+    return service.run(cfg, reactor)

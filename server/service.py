@@ -142,8 +142,12 @@ class ListenService(service.Service):
                  port=number if number is not None else host)
         if self.port_file is not None and number is not None:
             tmp = self.port_file.with_name(self.port_file.name + ".tmp")
-            tmp.write_text(f"{number}\n")
-            os.replace(tmp, self.port_file)  # readers never see a half-written file
+            try:
+                tmp.write_text(f"{number}\n")
+                os.replace(tmp, self.port_file)  # readers never see a half-written file
+            except OSError as e:
+                # Whoever waits for the file would wait forever: stop instead.
+                self.on_failure(f"port_file: cannot write {self.port_file}: {e.strerror}")
 
     def stopService(self):
         super().stopService()
@@ -153,6 +157,19 @@ class ListenService(service.Service):
             port, self.port = self.port, None
             return defer.maybeDeferred(port.stopListening)
         return None
+
+
+def check_listening_config(reactor, config: ServerConfig) -> None:
+    """Refuse, as a ``ConfigError``, a ``listen`` endpoint that does not parse
+    (or whose TLS files cannot be read) and a ``port_file`` in a missing
+    directory -- before the database is opened or migrated."""
+    try:
+        serverFromString(reactor, config.listen)
+    except Exception as e:  # ValueError, KeyError, OSError, SSL errors: all a bad setting
+        detail = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ConfigError(f"listen: bad endpoint {config.listen!r}: {detail}") from None
+    if config.port_file is not None and not config.port_file.parent.is_dir():
+        raise ConfigError(f"port_file: no directory {config.port_file.parent} to write {config.port_file.name} in")
 
 
 def _optional_service(module_name: str, context: ServerContext) -> service.IService | None:
