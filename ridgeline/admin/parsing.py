@@ -29,6 +29,13 @@ class ValueProblem(ValueError):
 
 def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     """The aware UTC time ``text`` names; ``now`` (aware) anchors relative times."""
+    try:
+        return _parse_when(text, now)
+    except OverflowError:  # +99999999999d, or 0001-01-01T00:00+01:00 in UTC
+        raise ValueProblem(f"{text!r} is out of range (the calendar ends at year 9999)") from None
+
+
+def _parse_when(text: str, now: dt.datetime) -> dt.datetime:
     value = text.strip()
     if value.lower() == "now":
         return now.astimezone(UTC)
