@@ -99,3 +99,29 @@ def test_a_tag_longer_than_the_database_holds_is_400_and_registers_nothing(serve
     assert code == 400, body
     assert b"tag" in body
     assert env.counts() == before
+
+
+def test_a_stalled_connection_is_closed_after_the_idle_timeout():
+    # An agent pointed at https:// on a plain-http port sends a TLS hello and
+    # waits; so does a half-open connection behind NAT. Twisted's default would
+    # hold each one for 12 hours.
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+
+    from server.web import IDLE_TIMEOUT, make_site
+
+    clock = Clock()
+    site = make_site(Resource(), 1024)
+    site.callLater = clock.callLater  # read by twisted.web's channels for their timeouts
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.callLater = clock.callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+    assert IDLE_TIMEOUT <= 600
