@@ -134,8 +134,14 @@ def _names(key: str, value: str) -> tuple[str, ...]:
     return names
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _parse(key: str, value: str):
     """Validate one raw (string) value; returns the typed value."""
+    if _CONTROL.search(value):
+        # A newline would also let `configure` write an extra line (key) into the file.
+        raise ConfigError(f"{key}: control characters (newline, tab, ...) are not allowed", key)
     if key in ("url", "ping_url"):
         return _check_url(key, value.strip())
     if key in ("exchange_interval", "urgent_exchange_interval", "ping_interval"):

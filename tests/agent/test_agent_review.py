@@ -194,3 +194,22 @@ def test_one_message_over_the_budget_still_goes_alone(make_agent, clock, stub, s
     agent.queue({"type": "test-data", "n": 1, "data": "z" * 5000})
     settle(clock, stub, 300)
     assert [m["n"] for m in computer.received if m["type"] == "test-data"] == [0, 1]
+
+
+@pytest.mark.parametrize("key", ["computer_title", "registration_key", "account_name", "data_path", "url"])
+def test_control_characters_are_refused_in_every_value(key):
+    with pytest.raises(ConfigError) as e:
+        make_config({"url": URL, key: "http://x/message-system\nurl = http://evil/message-system"})
+    assert e.value.key == key
+
+
+def test_configure_refuses_a_value_that_would_inject_a_line(tmp_path):
+    conf = tmp_path / "agent.conf"
+    done = subprocess.run(
+        [sys.executable, "-m", "ridgeline", "agent", "configure", "--config", str(conf), "--url", URL,
+         "--computer-title", "web\nurl = http://evil/message-system"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "computer_title" in done.stderr
+    assert not conf.exists()
