@@ -8,6 +8,7 @@ import datetime as dt
 import random
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -157,3 +158,17 @@ class World:
 
     def scheduler_entries(self, activity_id: int):
         return [h for h in self.history(activity_id) if h.actor == "scheduler"]
+
+
+# The lifecycle test modules import these two fixtures by name (pytest finds a
+# fixture among a module's attributes), so each file need not declare them again.
+@pytest.fixture
+def world(server_db) -> World:
+    """A World on each configured database (SQLite, and PostgreSQL when available)."""
+    return World(server_db)
+
+
+@pytest.fixture
+def sqlite_world(sqlite_server_db) -> World:
+    """A World on SQLite only, for what does not depend on the database."""
+    return World(sqlite_server_db)

@@ -9,17 +9,7 @@ import pytest
 from protocol import codes
 from server.db.activities import ActivitiesConnector
 
-from lifecycle_helpers import HOUR, FixedDelays, World
-
-
-@pytest.fixture
-def world(server_db):
-    return World(server_db)
-
-
-@pytest.fixture
-def sqlite_world(sqlite_server_db):
-    return World(sqlite_server_db)
+from lifecycle_helpers import HOUR, FixedDelays, World, sqlite_world, world  # noqa: F401 (fixtures)
 
 
 # --- scheduled server activities ----------------------------------------------------

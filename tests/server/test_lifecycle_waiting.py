@@ -8,17 +8,7 @@ import pytest
 from protocol import codes
 from server.db.activities import decide_waiting
 
-from lifecycle_helpers import HOUR, World
-
-
-@pytest.fixture
-def world(server_db):
-    return World(server_db)
-
-
-@pytest.fixture
-def sqlite_world(sqlite_server_db):
-    return World(sqlite_server_db)
+from lifecycle_helpers import HOUR, sqlite_world, world  # noqa: F401 (fixtures)
 
 
 def test_waiting_goes_queued_once_the_prerequisite_succeeded(world):
