@@ -55,6 +55,8 @@ MAX_RETRY_AFTER = 86400.0
 #: Largest exchange reply read; a bigger one fails the exchange as soon as it
 #: is known to be bigger (bpickle's own input limit).
 MAX_REPLY_BYTES = bpickle.DEFAULT_MAX_LENGTH
+#: Largest ping reply read (a real one is 15 bytes).
+MAX_PING_REPLY_BYTES = 64 * 1024
 #: The encoded messages of one exchange stay under this (one larger message
 #: still goes alone): a batch of 100 large results would exceed the body limit
 #: of a server (Ridgeline's default is 30 MiB) and be refused on every retry.
@@ -115,6 +117,34 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()
+
+
+def describe_http_error(exc: BaseException) -> str:
+    """One readable line for a request that got no answer: the cause inside
+    Twisted's wrappers (``ResponseNeverReceived`` and the like hold a list of
+    Failures), and for a refused TLS certificate what to do about it."""
+    reasons = getattr(exc, "reasons", None)
+    if isinstance(reasons, (list, tuple)) and reasons:
+        texts: list[str] = []
+        for reason in reasons:
+            inner = reason.value if isinstance(reason, Failure) else reason
+            text = describe_http_error(inner) if isinstance(inner, BaseException) else str(inner)
+            if text not in texts:
+                texts.append(text)
+        return "; ".join(texts)
+    kind = type(exc)
+    # Checked by name: OpenSSL and service_identity load only when https is used.
+    if kind.__module__.startswith("OpenSSL") and kind.__name__ == "Error":
+        errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        texts = [str(e[-1]) for e in errors if isinstance(e, tuple) and e and e[-1]]
+        if any("certificate verify failed" in t for t in texts):
+            return ("the server's TLS certificate could not be verified (certificate verify failed); "
+                    "set ssl_public_key to the file of the CA that signed it")
+        return f"TLS failed: {', '.join(texts) or str(exc) or 'handshake error'}"
+    if kind.__module__.startswith("service_identity") and kind.__name__ == "VerificationError":
+        return "the server's TLS certificate does not name the host in the URL"
+    text = str(exc).strip()
+    return f"{kind.__name__}: {text}" if text else kind.__name__
 
 
 def _readable(failure: Failure) -> str:
@@ -418,7 +448,7 @@ class AgentCore:
         except ExchangeFailed:
             raise
         except Exception as e:
-            raise ExchangeFailed(f"{type(e).__name__}: {e}") from None
+            raise ExchangeFailed(describe_http_error(e)) from None
         if response.code != 200:
             retry_after = None
             if response.code in (429, 503):
@@ -693,7 +723,7 @@ class AgentCore:
                 timeout=30,
                 reactor=self.reactor,
             )
-            body = await response.content()
+            body = await _read_limited(response, MAX_PING_REPLY_BYTES)
         except Exception as e:
             self.log.debug("Ping failed: {e}", e=e)
             return False

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from conftest import settle
+from twisted.internet.defer import Deferred
 
 from agent import exchange as agent_exchange
 from agent.config import ConfigError, make_config
@@ -213,3 +214,17 @@ def test_configure_refuses_a_value_that_would_inject_a_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "computer_title" in done.stderr
     assert not conf.exists()
+
+
+def test_a_ping_reply_over_its_limit_is_not_read(make_agent, clock, stub, server, monkeypatch):
+    agent = make_agent()
+    agent.start()
+    settle(clock, stub, 1)
+    server.ping_answer = True  # b"du8:messagesb1;": 15 bytes
+    d = Deferred.fromCoroutine(agent.ping())
+    settle(clock, stub)
+    assert d.result is True
+    monkeypatch.setattr(agent_exchange, "MAX_PING_REPLY_BYTES", 10)
+    d = Deferred.fromCoroutine(agent.ping())
+    settle(clock, stub)
+    assert d.result is False
