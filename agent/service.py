@@ -61,13 +61,29 @@ def load_ca_certificates(path: str) -> list:
         raise ValueError(f"{path!r} holds a certificate that cannot be read ({e})") from None
 
 
+def quiet_connection_pool(reactor):
+    """A persistent ``HTTPConnectionPool`` whose connection factories do not log
+    "Starting factory"/"Stopping factory": while a server is unreachable every
+    retry opens a new connection, and the one line the exchange logs per attempt
+    is all the log should get."""
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    class QuietPool(HTTPConnectionPool):
+        _factory = QuietFactory
+
+    return QuietPool(reactor, persistent=True)
+
+
 def make_http_client(reactor, config: AgentConfig):
     """A treq client over a persistent connection pool; https verifies against the
     ``ssl_public_key`` CA file when one is given (else the system's roots)."""
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = quiet_connection_pool(reactor)
     pool.maxPersistentPerHost = 2
     if config.ssl_public_key:
         from twisted.internet.ssl import trustRootFromCertificates
