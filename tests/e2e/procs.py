@@ -15,13 +15,15 @@ slow, loaded machine makes the tests slower, not flaky.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import pytest
 
@@ -222,8 +224,10 @@ class Server:
 
     def __init__(self, procs: Processes, name: str, *, data_dir: Path, registration_key: str,
                  database_url: str | None = None, queue: str = "db", job_handler: bool = True,
-                 extra: Iterable[str] = ()):
+                 extra: Iterable[str] = (), tls: Any = None):
         self.procs = procs
+        #: A ``certs.ServerTLS``: listen with ``ssl:`` and talk https trusting its CA.
+        self.tls = tls
         self.name = name
         self.data_dir = data_dir
         self.database_url = database_url
@@ -247,7 +251,8 @@ class Server:
         port = self.port if port is None else port
         port_file = self.procs.root / f"{self.name}.port"
         port_file.unlink(missing_ok=True)
-        argv = ridgeline("server", *self.database_args(), "--listen", f"tcp:{port or 0}:interface=127.0.0.1",
+        listen = self.tls.listen(port or 0) if self.tls else f"tcp:{port or 0}:interface=127.0.0.1"
+        argv = ridgeline("server", *self.database_args(), "--listen", listen,
                          "--port-file", str(port_file), "--queue", self.queue,
                          "--job-handler" if self.job_handler else "--no-job-handler",
                          "--registration-key-file", str(self.key_file), "--job-grace", "2", *self.extra)
@@ -259,7 +264,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def message_system_url(self) -> str:
@@ -274,7 +279,7 @@ class Server:
                                             *self.database_args()))
             assert done.returncode == 0 and done.stdout.strip(), done.stderr
             self._api_key = done.stdout.strip()
-        return ApiClient(self.url, self._api_key, timeout=30)
+        return ApiClient(self.url, self._api_key, timeout=30, ca_file=str(self.tls.ca) if self.tls else None)
 
 
 class Agent:
@@ -331,6 +336,61 @@ class JobHandler:
 
     def stop(self) -> int:
         return self.child.stop()
+
+
+class Cluster:
+    """One server and its agents (by name) with the REST client, as the
+    module-scoped e2e fixtures share them; ``files`` is a scratch directory for
+    what the tests' scripts write."""
+
+    def __init__(self, procs: Processes, server: Server, agents: dict[str, Agent], user: str):
+        self.procs = procs
+        self.server = server
+        self.agents = agents
+        self.user = user
+        self.api = server.api()
+        self.computers = wait_for_computers(self.api, agents, alive=self.alive)
+        self.files = procs.root / "files"
+        self.files.mkdir()
+
+    def alive(self) -> None:
+        self.server.child.check_alive()
+        for agent in self.agents.values():
+            agent.child.check_alive()
+
+    def script(self, computer: str | list[str], code: str, **fields) -> dict:
+        """Ask for ``code`` on the agents named ``computer``; the new activity."""
+        names = [computer] if isinstance(computer, str) else computer
+        body = script_request([self.computers[n] for n in names], code, user=self.user,
+                              marker=self.procs.marker, **fields)
+        return self.api.post("/activities", body)
+
+    def final(self, *ids: int, timeout: float = DEADLINE) -> dict[int, dict]:
+        return wait_final(self.api, ids, timeout=timeout, alive=self.alive)
+
+    def state(self, activity_id: int) -> dict:
+        return get_activity(self.api, activity_id)
+
+
+C = TypeVar("C", bound=Cluster)
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, user: str, agent_names: Iterable[str], cls: type[C] = Cluster,
+                    **agent_options: Any) -> Iterator[C]:
+    """A SQLite server in ``root`` and one agent per name (``agent_options`` go to
+    :class:`Agent`), registered and accepted; every process is stopped on exit."""
+    skip_unless_linux()
+    procs = Processes(root, marker=str(root))
+    try:
+        key = secrets.token_urlsafe(16)
+        server = Server(procs, "server", data_dir=root / "server", registration_key=key).start()
+        agents = {name: Agent(procs, name, url=server.message_system_url, registration_key=key, user=user,
+                              **agent_options).start()
+                  for name in agent_names}
+        yield cls(procs, server, agents, user)
+    finally:
+        procs.stop_all()
 
 
 # --- the REST API side ---------------------------------------------------------------

@@ -16,7 +16,6 @@ Either way the script ran exactly once and nothing of it is left running.
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from pathlib import Path
 
@@ -24,40 +23,28 @@ import pytest
 
 from procs import (
     Agent,
-    Processes,
-    Server,
+    Cluster,
     assert_ended_once,
     get_activity,
     line_count,
     pid_running,
-    script_request,
-    skip_unless_linux,
+    running_cluster,
     wait_final,
-    wait_for_computers,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-class Crashy:
-    def __init__(self, procs: Processes, server: Server, agent: Agent, user: str):
-        self.procs = procs
-        self.server = server
-        self.agent = agent
-        self.user = user
-        self.api = server.api()
-        self.computer = wait_for_computers(self.api, [agent.name], alive=self.alive)[agent.name]
-        self.files = procs.root / "files"
-        self.files.mkdir()
+class Crashy(Cluster):
+    """The cluster of one agent, ``crashy``, that the tests kill."""
 
-    def alive(self) -> None:
-        self.server.child.check_alive()
-        self.agent.child.check_alive()
+    @property
+    def agent(self) -> Agent:
+        return self.agents["crashy"]
 
-    def script(self, code: str) -> int:
-        body = script_request([self.computer], code, user=self.user, marker=self.procs.marker)
-        return self.api.post("/activities", body)["id"]
+    def start_script(self, code: str) -> int:
+        return self.script("crashy", code)["id"]
 
     def operation_state(self, operation_id: int) -> str | None:
         """The operation's state in the agent's own store (read-only; the agent
@@ -77,24 +64,17 @@ class Crashy:
 
 @pytest.fixture(scope="module")
 def crashy(tmp_path_factory, user):
-    skip_unless_linux()
-    root = tmp_path_factory.mktemp("e2e-crash")
-    procs = Processes(root, marker=str(root))
-    try:
-        key = secrets.token_urlsafe(16)
-        server = Server(procs, "server", data_dir=root / "server", registration_key=key).start()
-        agent = Agent(procs, "crashy", url=server.message_system_url, registration_key=key, user=user,
-                      exchange_interval=3, urgent_exchange_interval=3, ping_interval=1).start()
-        yield Crashy(procs, server, agent, user)
-    finally:
-        procs.stop_all()
+    # Exchanges only every 3 s: room to kill the agent between script and result.
+    with running_cluster(tmp_path_factory.mktemp("e2e-crash"), user, ("crashy",), Crashy,
+                         exchange_interval=3, urgent_exchange_interval=3, ping_interval=1) as c:
+        yield c
 
 
 def _restart_and_wait(c: Crashy, activity_id: int, runs: Path) -> dict:
     """Start the agent again; with it, another script on the same agent, which
     runs to its end: by then several exchanges have passed since the restart,
     and the crashed operation must still have run at most once."""
-    later = c.script("#!/bin/sh\necho later\n")
+    later = c.start_script("#!/bin/sh\necho later\n")
     c.agent.start()
     done = wait_final(c.api, [activity_id, later], alive=c.alive)
     assert_ended_once(done[later], "succeeded")
@@ -105,7 +85,7 @@ def _restart_and_wait(c: Crashy, activity_id: int, runs: Path) -> dict:
 def test_killed_right_after_receiving_an_operation(crashy):
     c = crashy
     runs, pid_file = c.files / "received.runs", c.files / "received.pid"
-    act = c.script(f"#!/bin/sh\necho run >> {runs}\necho $$ > {pid_file}\nsleep 60\n")
+    act = c.start_script(f"#!/bin/sh\necho run >> {runs}\necho $$ > {pid_file}\nsleep 60\n")
     # The moment the agent has recorded the operation (before, or just as, the script starts).
     wait_until(lambda: c.operation_state(act) is not None, "the agent to record the operation",
                alive=c.alive, interval=0.01)
@@ -126,7 +106,7 @@ def test_killed_right_after_receiving_an_operation(crashy):
 def test_killed_while_the_script_runs(crashy):
     c = crashy
     runs, pid_file = c.files / "running.runs", c.files / "running.pid"
-    act = c.script(f"#!/bin/sh\necho run >> {runs}\necho $$ > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\n"
+    act = c.start_script(f"#!/bin/sh\necho run >> {runs}\necho $$ > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\n"
                    "sleep 60\n")
     wait_until(pid_file.exists, "the script to start", alive=c.alive, interval=0.05)
     pid = int(pid_file.read_text())
@@ -142,7 +122,7 @@ def test_killed_while_the_script_runs(crashy):
 def test_killed_once_the_result_is_in_the_outbox(crashy):
     c = crashy
     runs, marker = c.files / "outbox.runs", c.files / "outbox.done"
-    act = c.script(f"#!/bin/sh\necho run >> {runs}\necho done > {marker}\necho finished\n")
+    act = c.start_script(f"#!/bin/sh\necho run >> {runs}\necho done > {marker}\necho finished\n")
     # The agent marks the operation done and queues its result in one
     # transaction; the next exchange is up to 3 s away.
     wait_until(lambda: c.operation_state(act) == "done", "the agent to record the result",
@@ -161,7 +141,7 @@ def test_killed_once_the_result_is_in_the_outbox(crashy):
 def test_killed_right_after_the_script_finished(crashy):
     c = crashy
     runs, marker = c.files / "finished.runs", c.files / "finished.done"
-    act = c.script(f"#!/bin/sh\necho run >> {runs}\necho done > {marker}\necho finished\n")
+    act = c.start_script(f"#!/bin/sh\necho run >> {runs}\necho done > {marker}\necho finished\n")
     wait_until(marker.exists, "the script to write its marker", alive=c.alive, interval=0.005)
     c.agent.kill9()
     recorded = c.operation_state(act)

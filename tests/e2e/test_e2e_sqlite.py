@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 
 from procs import (
-    Agent,
-    Processes,
-    Server,
+    Cluster,
     assert_ended_once,
-    get_activity,
     line_count,
     pid_running,
-    script_request,
-    skip_unless_linux,
-    wait_final,
-    wait_for_computers,
+    running_cluster,
     wait_until,
 )
 
@@ -34,50 +28,10 @@ pytestmark = pytest.mark.e2e
 UTC = dt.timezone.utc
 
 
-class Cluster:
-    def __init__(self, procs: Processes, server: Server, agents: dict[str, Agent], user: str):
-        self.procs = procs
-        self.server = server
-        self.agents = agents
-        self.user = user
-        self.api = server.api()
-        self.computers = wait_for_computers(self.api, agents, alive=self.alive)
-        self.files = procs.root / "files"
-        self.files.mkdir()
-
-    def alive(self) -> None:
-        self.server.child.check_alive()
-        for agent in self.agents.values():
-            agent.child.check_alive()
-
-    def script(self, computer: str | list[str], code: str, **fields) -> dict:
-        names = [computer] if isinstance(computer, str) else computer
-        body = script_request([self.computers[n] for n in names], code, user=self.user,
-                              marker=self.procs.marker, **fields)
-        return self.api.post("/activities", body)
-
-    def final(self, *ids: int, timeout: float = 60) -> dict[int, dict]:
-        return wait_final(self.api, ids, timeout=timeout, alive=self.alive)
-
-    def state(self, activity_id: int) -> dict:
-        return get_activity(self.api, activity_id)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, user):
-    skip_unless_linux()
-    import secrets
-
-    root = tmp_path_factory.mktemp("e2e-sqlite")
-    procs = Processes(root, marker=f"{root}")
-    try:
-        key = secrets.token_urlsafe(16)
-        server = Server(procs, "server", data_dir=root / "server", registration_key=key).start()
-        agents = {name: Agent(procs, name, url=server.message_system_url, registration_key=key, user=user).start()
-                  for name in ("agent-1", "agent-2")}
-        yield Cluster(procs, server, agents, user)
-    finally:
-        procs.stop_all()
+    with running_cluster(tmp_path_factory.mktemp("e2e-sqlite"), user, ("agent-1", "agent-2")) as c:
+        yield c
 
 
 def _parse(value: str | None) -> dt.datetime | None:
