@@ -391,6 +391,9 @@ def _validate_register(message: dict) -> dict:
             out[name] = convert(message[wire])
         except _Bad as e:
             raise MessageError("register", wire, str(e)) from None
+    for name in ("account_name", "computer_title"):
+        if not out[name].strip():
+            raise MessageError("register", name, "must not be blank")
     if out["tags"] is None:
         out["tags"] = []
     for name in ("container_info", "vm_info"):
@@ -409,7 +412,8 @@ def validate_client_message(message: dict) -> dict:
     """Check and normalise one client → server message (what the server receives).
 
     - ``register``, either shape, becomes: ``type``, ``account_name``,
-      ``computer_title``, ``hostname`` (required, str); ``registration_password``,
+      ``computer_title``, ``hostname`` (required, str; account and title
+      not blank); ``registration_password``,
       ``access_group``, ``machine_id``, ``clone_secure_id``, ``ubuntu_pro_info``,
       ``hostagent_uid``, ``installation_request_id``, ``authenticated_attach_code``
       (str or None); ``tags`` (list of str, parsed from landscape's

@@ -125,3 +125,16 @@ def test_a_stalled_connection_is_closed_after_the_idle_timeout():
     clock.advance(2)
     assert transport.disconnecting
     assert IDLE_TIMEOUT <= 600
+
+
+@pytest.mark.parametrize("title", ["", "  \n "])
+def test_a_blank_computer_title_is_400_and_registers_nothing(server_db, title):
+    env = Env(server_db)
+    c = env.client()
+    c.exchange()
+    before = env.counts()
+    reg = {**pm.register("standalone", "t", "h", api=b"3.3", timestamp=1), "computer_title": title}
+    code, body = _send_raw(env, c, [reg])
+    assert code == 400, body
+    assert b"computer_title" in body
+    assert env.counts() == before
