@@ -8,7 +8,9 @@ imported, so the CLI stays quick to start and never loads the server's code.
 
 Every subcommand takes ``--url`` (default ``$RIDGELINE_URL``, else
 ``http://127.0.0.1:8080``), ``--api-key`` / ``--api-key-file`` (default
-``$RIDGELINE_API_KEY``, then ``$RIDGELINE_API_KEY_FILE``) and ``--json``.
+``$RIDGELINE_API_KEY``, then ``$RIDGELINE_API_KEY_FILE``), ``--ca-file`` (default
+``$RIDGELINE_CA_FILE``: the CA an https server's certificate must chain to) and
+``--json``.
 Exit status: 0 success, 1 an error (one line on stderr), 2 a usage error;
 ``activities watch`` exits 0 only when the activity ended ``succeeded``.
 """
@@ -86,6 +88,8 @@ def _common() -> argparse.ArgumentParser:
                    "prefer --api-key-file, a command line is visible to other users)")
     g.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE "
                    "(default: $RIDGELINE_API_KEY_FILE)")
+    g.add_argument("--ca-file", metavar="FILE", help="trust an https server whose certificate this PEM CA "
+                   "file signed (default: $RIDGELINE_CA_FILE, else the system's CAs)")
     g.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})")
     g.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
@@ -242,7 +246,9 @@ def run(args: argparse.Namespace, *, out=None, err=None, environ=None) -> int:
         if not url.startswith(("http://", "https://")):
             raise commands.UsageError(f"--url {url}: give an http:// or https:// URL")
         key = commands.resolve_api_key(args, environ)
-        session = commands.Session(ApiClient(url, key, timeout=args.timeout), out=out, err=err, json=args.json)
+        ca_file = args.ca_file or environ.get("RIDGELINE_CA_FILE") or None
+        client = ApiClient(url, key, timeout=args.timeout, ca_file=ca_file)
+        session = commands.Session(client, out=out, err=err, json=args.json)
         return int(args.func(session, args) or 0)
     except CliError as e:
         print(f"ridgeline: error: {e}", file=err)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -67,13 +68,57 @@ def _error_from_body(status: int, reason: str, body: bytes, has_key: bool) -> Ap
     return ApiError(status, code or "http-error", message, error)
 
 
-class ApiClient:
-    """Requests against ``base_url`` (the server's root, e.g. ``http://host:8080``)."""
+class BadCaFile(CliError):
+    """The CA file given to trust cannot be used (a usage error: exit status 2)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT):
+    exit_code = 2
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """The context verifying an ``https`` server: against the certificates of
+    ``ca_file`` (PEM: a CA, or a bundle) when given, else ``None`` (urllib's
+    default, the system's roots). Raises :class:`BadCaFile`."""
+    if not ca_file:
+        return None
+    try:
+        # Only the given CAs: a private CA's users mean exactly that one.
+        context = ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise BadCaFile(f"--ca-file {ca_file}: no such file") from None
+    except (ssl.SSLError, ValueError):  # before OSError: SSLError is one
+        raise BadCaFile(f"--ca-file {ca_file}: not a PEM file of CA certificates") from None
+    except OSError as e:
+        raise BadCaFile(f"--ca-file {ca_file}: cannot read it: {e.strerror or e}") from None
+    if not context.get_ca_certs():
+        raise BadCaFile(f"--ca-file {ca_file}: holds no CA certificate")
+    return context
+
+
+def _unreachable_reason(reason: object) -> object:
+    """What to print for a failed connection; a refused certificate says how to trust one."""
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        detail = reason.verify_message or reason.reason or "verification failed"
+        return (f"its TLS certificate is not trusted ({detail}); to trust a private CA "
+                f"give --ca-file FILE or set RIDGELINE_CA_FILE")
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS failed: {reason.reason or reason}"
+    return reason
+
+
+class ApiClient:
+    """Requests against ``base_url`` (the server's root, e.g. ``http://host:8080``).
+
+    ``ca_file`` (PEM) is the CA that an ``https`` server's certificate must chain
+    to; without it the system's trusted roots are used.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 ca_file: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.ca_file = ca_file
+        self._tls = tls_context(ca_file)
 
     def url(self, path: str, query: Mapping[str, Any] | None = None) -> str:
         url = self.base_url + API_PREFIX + path
@@ -113,7 +158,7 @@ class ApiClient:
             data = b""
         req = urllib.request.Request(self.url(path, query), data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as e:
             with e:
@@ -123,7 +168,7 @@ class ApiClient:
                     body = b""
             raise _error_from_body(e.code, e.reason or "", body, bool(self.api_key)) from None
         except urllib.error.URLError as e:
-            reason = e.reason
+            reason = _unreachable_reason(e.reason)
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 reason = f"no answer within {self.timeout:g} s"
             elif isinstance(reason, OSError) and reason.strerror:
@@ -131,6 +176,8 @@ class ApiClient:
             raise Unreachable(self.base_url, reason) from None
         except (TimeoutError, socket.timeout):
             raise Unreachable(self.base_url, f"no answer within {self.timeout:g} s") from None
+        except ssl.SSLError as e:
+            raise Unreachable(self.base_url, _unreachable_reason(e)) from None
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable(self.base_url, str(e) or type(e).__name__) from None
         if raw:
