@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, now=None) -> int:
     from server.db import migrate
     from server.db.apikeys import ApiKeyError
     from server.db.base import Database
-    from server.service import database_error, open_database_engine
+    from server.service import MissingDatabase, database_error, open_database_engine
 
     def fail(message: str) -> int:
         print(f"ridgeline {command}: {message}", file=sys.stderr)
@@ -52,9 +52,11 @@ def run(args: argparse.Namespace, now=None) -> int:
 
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
-        engine = open_database_engine(cfg)
+        engine = open_database_engine(cfg, create=action != "list")
     except config.ConfigError as e:
         return config.report_error(command, e)
+    except MissingDatabase as e:
+        return fail(str(e))
     try:
         migrate.require_current(engine)
         db = attach_components(Database(engine, inline_runner))

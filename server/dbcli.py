@@ -32,12 +32,16 @@ def run(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from server.db import migrate
-    from server.service import database_error, open_database_engine
+    from server.service import MissingDatabase, database_error, open_database_engine
 
     try:
-        engine = open_database_engine(cfg)
+        engine = open_database_engine(cfg, create=args.db_command == "upgrade")
     except config.ConfigError as e:
         return config.report_error(command, e)
+    except MissingDatabase as e:
+        print(f"current: ({e})")
+        print(f"newest:  {migrate.head_revision()}")
+        return 1
     try:
         if args.db_command == "upgrade":
             before = migrate.current_revision(engine)

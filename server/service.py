@@ -41,11 +41,35 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do, on one line."""
 
 
-def open_database_engine(config: ServerConfig) -> sa.Engine:
-    """Engine for the configured database; creates the data directory for the default SQLite file."""
-    if config.uses_default_database:
+class MissingDatabase(Exception):
+    """A read-only command names a SQLite file that does not exist; the message
+    says where and what creates it."""
+
+
+def open_database_engine(config: ServerConfig, *, create: bool = True) -> sa.Engine:
+    """Engine for the configured database.
+
+    With ``create`` (commands that write), the data directory for the default
+    SQLite file is made, and SQLite makes the file on first use. Without it
+    (read-only commands) nothing is created: a SQLite file that is not there
+    raises ``MissingDatabase``.
+    """
+    if not create:
+        path = _sqlite_file(config.effective_database_url)
+        if path is not None and not path.exists():
+            raise MissingDatabase(f"no database at {path}; `ridgeline db upgrade` creates it")
+    elif config.uses_default_database:
         ensure_data_dir(config)
     return create_engine(config.effective_database_url)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases, memory and ``file:`` URIs."""
+    parsed = sa.engine.make_url(url)
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
 
 
 def prepare_database(config: ServerConfig, engine: sa.Engine, *, migrate: bool | None = None) -> str:

@@ -25,6 +25,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}")
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
+def _shown(name: object) -> str:
+    """``name`` for an error message: an over-long one is cut (and its length said)
+    so that a mistaken paste does not fill the terminal."""
+    if isinstance(name, str) and len(name) > 60:
+        return f"{name[:40]!r}... ({len(name)} characters)"
+    return repr(name)
+
+
 class ApiKeyError(ValueError):
     """An API key operation was refused; the message says why, on one line."""
 
@@ -79,7 +87,7 @@ class ApiKeysConnector:
             from twisted.internet import defer
 
             return defer.fail(ApiKeyError(
-                f"invalid API key name {name!r}: use 1-200 letters, digits and . _ @ + - "
+                f"invalid API key name {_shown(name)}: use 1-200 letters, digits and . _ @ + - "
                 "(starting with a letter or digit)"
             ))
         secret = KEY_PREFIX + secrets.token_urlsafe(32)

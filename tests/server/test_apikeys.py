@@ -140,3 +140,26 @@ def test_api_key_command(tmp_path, database_url):
         assert "Traceback" not in unknown.stderr + dup.stderr
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("argv", [["api-key", "list"], ["db", "current"]])
+@pytest.mark.parametrize("where", ["data_dir", "sqlite_url"])
+def test_read_only_commands_create_no_database(argv, where, tmp_path):
+    missing = tmp_path / "nowhere"
+    if where == "data_dir":
+        place = ["--data-dir", str(missing)]
+    else:
+        place = ["--data-dir", str(tmp_path), "--database", f"sqlite:///{missing / 'x.sqlite'}"]
+        missing.mkdir()
+    done = ridgeline(*argv, *place)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no database at" in done.stdout + done.stderr and "ridgeline db upgrade" in done.stdout + done.stderr
+    assert list(tmp_path.rglob("*")) == ([] if where == "data_dir" else [missing])
+
+
+def test_an_over_long_key_name_is_not_echoed_in_full(tmp_path):
+    name = "n" * 5000
+    assert ridgeline("db", "upgrade", "--data-dir", str(tmp_path)).returncode == 0
+    done = ridgeline("api-key", "create", "--name", name, "--data-dir", str(tmp_path))
+    assert done.returncode == 1 and "invalid API key name" in done.stderr
+    assert len(done.stderr) < 400 and "5000 characters" in done.stderr
