@@ -55,6 +55,11 @@ MAX_RETRY_AFTER = 86400.0
 #: Largest exchange reply read; a bigger one fails the exchange as soon as it
 #: is known to be bigger (bpickle's own input limit).
 MAX_REPLY_BYTES = bpickle.DEFAULT_MAX_LENGTH
+#: Longest result text sent (characters, marker included), as landscape's broker
+#: caps it: a result too big for the server's body limit would be refused on
+#: every retry and block every message queued after it.
+MAX_RESULT_TEXT = 4 * 1024 * 1024 + 64
+RESULT_TRUNCATED = "\n**RESULT TRUNCATED**"
 #: Largest ping reply read (a real one is 15 bytes).
 MAX_PING_REPLY_BYTES = 64 * 1024
 #: The encoded messages of one exchange stay under this (one larger message
@@ -89,6 +94,12 @@ def parse_retry_after(value: bytes | str | None, now: float) -> float | None:
     if when is None:
         return None
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
+
+def _capped(text: str) -> str:
+    if len(text) <= MAX_RESULT_TEXT:
+        return text
+    return text[: MAX_RESULT_TEXT - len(RESULT_TRUNCATED)] + RESULT_TRUNCATED
 
 
 async def _read_limited(response, limit: int) -> bytes:
@@ -592,7 +603,7 @@ class AgentCore:
                 pm.operation_result(
                     key.operation_id,
                     int(result.status),
-                    result_text=str(result.result_text or ""),
+                    result_text=_capped(str(result.result_text or "")),
                     result_code=result.result_code,
                 ),
                 state,

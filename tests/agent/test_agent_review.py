@@ -228,3 +228,29 @@ def test_a_ping_reply_over_its_limit_is_not_read(make_agent, clock, stub, server
     d = Deferred.fromCoroutine(agent.ping())
     settle(clock, stub)
     assert d.result is False
+
+
+def test_a_plugin_result_text_is_capped_so_the_outbox_never_wedges(make_agent, clock, stub, server):
+    from agent.hookspecs import OperationResult, hookimpl
+    from protocol import codes
+
+    class Chatty:
+        @hookimpl
+        def ridgeline_agent_message_types(self):
+            return ["chatty"]
+
+        @hookimpl
+        def ridgeline_agent_handle(self, message, context):
+            from twisted.internet.defer import succeed
+
+            return succeed(OperationResult(codes.SUCCEEDED, "é" * (agent_exchange.MAX_RESULT_TEXT + 10)))
+
+    agent = make_agent(plugins=[("chatty", Chatty())])
+    agent.start()
+    settle(clock, stub, 1)
+    server.send({"type": "chatty", "operation-id": 5})
+    settle(clock, stub, 130)
+    (got,) = server.received_messages("operation-result")
+    assert len(got["result-text"]) <= agent_exchange.MAX_RESULT_TEXT
+    assert got["result-text"].startswith("éé")
+    assert got["result-text"].endswith("**RESULT TRUNCATED**")
