@@ -17,16 +17,13 @@ Precedence: flags > environment > file > defaults. An unknown key in the file, o
 value that does not parse, is a ``ConfigError`` naming the key and where it came
 from; commands print it on one line and exit 2.
 
-Usage by a command module::
+Usage by a long-running command module::
 
     def add_arguments(parser):
-        config.add_options(parser, config.JOB_HANDLER_OPTIONS)
+        config.add_service_options(parser, config.JOB_HANDLER_OPTIONS)
 
     def run(args):
-        try:
-            cfg = config.load(args)
-        except config.ConfigError as e:
-            return config.report_error("job-handler", e)
+        return config.run_service("job-handler", args, run_job_handler)
 
 ``docs/server.md`` documents every option.
 """
@@ -382,6 +379,38 @@ def add_options(parser: argparse.ArgumentParser, names: Iterable[str] = COMMON_O
         else:
             parser.add_argument(*flags, dest=name, metavar=opt.metavar, default=argparse.SUPPRESS,
                                 help=f"{opt.help} (env {opt.env})")
+
+
+def add_service_options(parser: argparse.ArgumentParser, names: Iterable[str], *,
+                        secrets: Iterable[str] = ()) -> None:
+    """``add_options`` for a long-running command (``server``, ``job-handler``),
+    with an epilog saying where else options are set, and that ``secrets`` are
+    set only there."""
+    secrets = ", ".join(secrets)
+    only_there = f"; secrets ({secrets}) only there" if secrets else ""
+    parser.epilog = (
+        "Every option can also be set in the config file ([server] section) or as "
+        f"RIDGELINE_<OPTION> in the environment{only_there}. See docs/server.md."
+    )
+    add_options(parser, names)
+
+
+def run_service(command: str, args: argparse.Namespace | Mapping[str, Any],
+                main: Callable[[ServerConfig], int],
+                check: Callable[[ServerConfig], None] | None = None) -> int:
+    """The start of a long-running command: load the configuration and ``check``
+    it (a ``ConfigError`` from either is one line and exit 2, before anything is
+    touched), start logging at its level, and return ``main(config)``'s exit status."""
+    try:
+        cfg = load(args)
+        if check is not None:
+            check(cfg)
+    except ConfigError as e:
+        return report_error(command, e)
+    from server import logsetup
+
+    logsetup.start_logging(cfg.log_level)
+    return main(cfg)
 
 
 def _read_file(path: str) -> dict[str, str]:

@@ -22,22 +22,11 @@ log = Logger(namespace="ridgeline.jobhandler")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "Every option can also be set in the config file ([server] section) or as "
-        "RIDGELINE_<OPTION> in the environment. See docs/server.md."
-    )
-    config.add_options(parser, config.JOB_HANDLER_OPTIONS)
+    config.add_service_options(parser, config.JOB_HANDLER_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args)
-    except config.ConfigError as e:
-        return config.report_error("job-handler", e)
-    from server import logsetup
-
-    logsetup.start_logging(cfg.log_level)
-    return run_job_handler(cfg)
+    return config.run_service("job-handler", args, run_job_handler)
 
 
 def build(reactor, cfg: config.ServerConfig, engine, server_uuid: str, *, name: str | None = None,
