@@ -927,32 +927,34 @@ def _single() -> sa.ColumnElement[bool]:
     return activities.c.is_group == sa.false()
 
 
+def _due_query(state: str, due: sa.Column, now: dt.datetime, limit: int,
+               *also: sa.ColumnElement[bool]) -> sa.Select:
+    """Single activities in ``state`` whose ``due`` time has come (and ``also``),
+    earliest first, at most ``limit``: one ordered range of the (state, due) index."""
+    return (
+        sa.select(activities)
+        .where(activities.c.state == state, due <= now, *also, _single())
+        .order_by(due)
+        .limit(limit)
+    )
+
+
 def due_scheduled_server_query(now: dt.datetime, limit: int) -> sa.Select:
     """Index (state, deliver_after): the range ``scheduled`` with ``deliver_after <=
     now``, read in that order and cut at ``limit``. Overdue *client* scheduled rows
     (delivered by their computer's next exchange) sit in the same range and are
     skipped; there are only as many as computers that have not called in since
     their time, and they leave by delivery or expiry."""
-    return (
-        sa.select(activities)
-        .where(activities.c.state == states.SCHEDULED, activities.c.deliver_after <= now,
-               activities.c.kind == states.SERVER, _single())
-        .order_by(activities.c.deliver_after)
-        .limit(limit)
-    )
+    return _due_query(states.SCHEDULED, activities.c.deliver_after, now, limit,
+                      activities.c.kind == states.SERVER)
 
 
 def due_held_query(now: dt.datetime, limit: int) -> sa.Select:
     """Index (state, deliver_after): the range ``blocked`` with ``deliver_after <=
     now``. Blocked rows awaiting approval or resume with a past time are in the
     same range and skipped; they leave by the administrator or by expiry."""
-    return (
-        sa.select(activities)
-        .where(activities.c.state == states.BLOCKED, activities.c.deliver_after <= now,
-               activities.c.blocked_reason == states.HELD, _single())
-        .order_by(activities.c.deliver_after)
-        .limit(limit)
-    )
+    return _due_query(states.BLOCKED, activities.c.deliver_after, now, limit,
+                      activities.c.blocked_reason == states.HELD)
 
 
 EXPIRING_STATES = (states.QUEUED, states.SCHEDULED, states.WAITING, states.BLOCKED)
@@ -964,38 +966,23 @@ def expired_query(state: str, now: dt.datetime, limit: int) -> sa.Select:
     Every row read is expired except group parents (at most one per two children)."""
     if state not in EXPIRING_STATES:
         raise ValueError(f"{state} activities do not expire")
-    return (
-        sa.select(activities)
-        .where(activities.c.state == state, activities.c.deliver_before <= now, _single())
-        .order_by(activities.c.deliver_before)
-        .limit(limit)
-    )
+    return _due_query(state, activities.c.deliver_before, now, limit)
 
 
 def no_answer_due_query(now: dt.datetime, limit: int) -> sa.Select:
     """Index (state, answer_deadline): the range ``in-progress`` with ``answer_deadline
     <= now``. Only delivered client activities get an answer deadline, so every row
     read is one to end."""
-    return (
-        sa.select(activities)
-        .where(activities.c.state == states.IN_PROGRESS, activities.c.answer_deadline <= now,
-               activities.c.kind == states.CLIENT, _single())
-        .order_by(activities.c.answer_deadline)
-        .limit(limit)
-    )
+    return _due_query(states.IN_PROGRESS, activities.c.answer_deadline, now, limit,
+                      activities.c.kind == states.CLIENT)
 
 
 def provisional_cancels_due_query(now: dt.datetime, limit: int) -> sa.Select:
     """Index (state, answer_deadline): the range ``canceled`` with ``answer_deadline
     <= now``. A final transition clears the deadline, so only provisional cancels
     keep one: every row read is one to finalise."""
-    return (
-        sa.select(activities)
-        .where(activities.c.state == states.CANCELED, activities.c.answer_deadline <= now,
-               activities.c.cancel_provisional == sa.true(), _single())
-        .order_by(activities.c.answer_deadline)
-        .limit(limit)
-    )
+    return _due_query(states.CANCELED, activities.c.answer_deadline, now, limit,
+                      activities.c.cancel_provisional == sa.true())
 
 
 def waiting_decided_query(now: dt.datetime, limit: int) -> sa.Select:
