@@ -3,7 +3,7 @@ of a throwaway private CA (made in the test's tmp_path), real agents and the
 admin CLI as real processes on loopback.
 
 - An agent whose ``ssl_public_key`` is that CA registers, pings and runs a
-  script; the admin CLI trusts the CA with ``--ca-file``.
+  script with an attachment; the admin CLI trusts the CA with ``--ca-file``.
 - Agents without the CA, or with another one, never exchange: each attempt is
   one clear log line, they back off, and the server registers nobody.
 """
@@ -55,14 +55,17 @@ def test_agent_and_cli_over_https_with_a_private_ca(procs, user):
 
     computers = wait_for_computers(server.api(), ["tls-agent"], alive=alive)
 
-    # The admin CLI over https: a script on the agent, watched to the end.
+    # The admin CLI over https: a script with an attachment (uploaded by the
+    # CLI, downloaded by the agent, both over https), watched to the end.
+    (procs.root / "greeting.txt").write_text("hello over tls\n")
     done = _cli(procs, server, "activities", "run-script", "--computer", str(computers["tls-agent"]),
-                "--code", "#!/bin/sh\necho hello over tls\n", "--user", user,
+                "--code", "#!/bin/sh\ncat \"$LANDSCAPE_ATTACHMENTS/greeting.txt\"\n", "--user", user,
+                "--attach", str(procs.root / "greeting.txt"),
                 "--summary", "tls", "--watch", "--interval", "0.5", "--json")
     assert done.returncode == 0, (done.stdout, done.stderr)
     activities = server.api().get("/activities", computer_id=computers["tls-agent"])["results"]
     assert [(a["state"], a["summary"]) for a in activities] == [("succeeded", "tls")]
-    assert activities[0]["result_text"].strip() == "hello over tls"
+    assert activities[0]["result_text"] == "hello over tls\n"
 
     listed = _cli(procs, server, "computers", "list", "--json")
     assert listed.returncode == 0, listed.stderr
