@@ -11,6 +11,7 @@ stderr naming the key, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -75,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"ridgeline agent: error: {e}", file=sys.stderr)
         return 2
-    from agent.service import run as run_service
+    from agent.lazytls import needs_tls, without_tls
+
+    # The reactor and the HTTP client are imported here, without TLS when every
+    # URL is plain http (see agent.lazytls).
+    with contextlib.nullcontext() if needs_tls(config) else without_tls():
+        from twisted.internet import reactor  # noqa: F401
+
+        from agent.service import run as run_service
 
     return run_service(config)
 
