@@ -7,6 +7,7 @@ from server.api.routing import (
     ERROR_REF, PAGE_PARAMETERS, Query, Reply, Routes, creator_of, iso, page, page_schema, query_parameter, read_json,
     ref, route, time_parameter,
 )
+from server.api.errors import invalid
 from server.api.events import history_json
 from server.db.activities import Activity
 
@@ -149,16 +150,8 @@ class ActivitiesRoutes(Routes):
         return {**activity_json(activity), "history": [history_json(h) for h in history]}
 
     async def _verb(self, request, activity_id: int, verb: str):
-        reason = ""
-        raw = request.content.read() if request.content is not None else b""
-        if raw.strip():
-            request.content.seek(0)
-            body = read_json(request)
-            if not isinstance(body, dict) or set(body) - {"reason"} or not isinstance(body.get("reason", ""), str):
-                from server.api.errors import invalid
-
-                raise invalid("reason", "the optional body is {\"reason\": \"text\"}")
-            reason = body.get("reason", "")[:1000]
+        body = _optional_body(request, ("reason",), "the optional body is {\"reason\": \"text\"}")
+        reason = body.get("reason", "")[:1000]
         actor = creator_of(request)
         now = activityservice.now_of(self.context)
         activity = await self.context.db.activities.apply_verb(activity_id, verb, actor=actor, now=now, reason=reason)
@@ -197,13 +190,28 @@ class ActivitiesRoutes(Routes):
 
     @route("POST", "/activities/<int:activity_id>/reapply",
            summary="Run a failed or canceled activity again (a group: its failed and canceled children)",
+           description="No body (an empty object {} is allowed).",
            tags=["activities"],
            responses={201: ("The new activity (or group), origin_id linked.", ref("Activity")),
                       409: ("Nothing to reapply in the current state.", ERROR_REF),
                       400: ("The request can no longer be made (e.g. a computer was removed).", ERROR_REF)})
     async def reapply(self, request, activity_id):
+        _optional_body(request, (), "reapply takes no body")
         activity = await activityservice.reapply(self.context, activity_id, creator_of(request))
         return Reply(201, activity_json(activity), {"Location": f"/api/v1/activities/{activity.id}"})
+
+
+def _optional_body(request, fields: tuple[str, ...], usage: str) -> dict[str, str]:
+    """The body of a route whose body is optional: nothing, or a JSON object of
+    text ``fields``; anything else is 400 with ``usage`` as the message."""
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        return {}
+    request.content.seek(0)
+    body = read_json(request)
+    if not isinstance(body, dict) or set(body) - set(fields) or not all(isinstance(v, str) for v in body.values()):
+        raise invalid(fields[0] if fields else None, usage)
+    return body
 
 
 ROUTES = ActivitiesRoutes

@@ -42,6 +42,11 @@ class RouteSpec:
     def openapi_path(self) -> str:
         return openapi_path(self.path)
 
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """The query parameters the route declares: the only ones it accepts."""
+        return tuple(p["name"] for p in self.operation.get("parameters", ()) if p["in"] == "query")
+
 
 def openapi_path(werkzeug_path: str) -> str:
     """``/activities/<int:activity_id>`` → ``/activities/{activity_id}``."""
@@ -52,8 +57,9 @@ def route(method: str, path: str, *, summary: str, responses: dict, parameters: 
           body: dict | None = None, description: str = "", tags: Iterable[str] = ()) -> Callable:
     """Declare a handler method as the route ``method path`` and describe it.
 
-    ``responses``: ``{status: (description, schema or None)}``; the 401 and 500
-    errors (and 400 for routes with a body or query) are added for every route.
+    ``responses``: ``{status: (description, schema or None)}``; the 400 (every
+    route refuses query parameters it does not declare), 401 and 500 errors are
+    added for every route.
     ``parameters``: OpenAPI parameter objects (path parameters are added from the
     path). ``body``: ``(description, schema, content type)`` of the request body.
     """
@@ -75,8 +81,7 @@ def route(method: str, path: str, *, summary: str, responses: dict, parameters: 
     all_responses = dict(responses)
     all_responses.setdefault(401, ("No or an invalid API key.", ERROR_REF))
     all_responses.setdefault(500, ("Internal error (details in the server log).", ERROR_REF))
-    if params or body is not None:
-        all_responses.setdefault(400, ("Invalid request; `field` names the bad one.", ERROR_REF))
+    all_responses.setdefault(400, ("Invalid request; `field` names the bad one.", ERROR_REF))
     if "{" in openapi_path(path):
         all_responses.setdefault(404, ("No such resource.", ERROR_REF))
     ops["responses"] = {
@@ -158,18 +163,21 @@ class Api:
         self.routes.append(spec)
 
         def endpoint(request, **kw):
-            return defer.Deferred.fromCoroutine(self._respond(request, handler, kw, spec.authenticated))
+            return defer.Deferred.fromCoroutine(self._respond(request, handler, kw, spec))
 
         self.app.route(spec.path, methods=[spec.method], endpoint=f"{spec.method} {spec.path}")(endpoint)
 
     def resource(self):
         return self.app.resource()
 
-    async def _respond(self, request, handler, kw, authenticated: bool) -> bytes:
+    async def _respond(self, request, handler, kw, spec: RouteSpec) -> bytes:
         status, body, headers = 200, None, {}
         try:
-            if authenticated:
+            if spec.authenticated:
                 request.api_key = await auth.authenticate(self.context, request)
+            # A parameter the route does not know is refused on every route, as
+            # a typo in a filter must not silently list (or change) everything.
+            Query(request, spec.query_names)
             if any(type(v) is int and v > activityservice.MAX_ID for v in kw.values()):
                 # No row has such an id; the database driver would refuse the query.
                 raise ApiError(404, "not-found", "no such resource")

@@ -407,3 +407,16 @@ def test_a_queued_server_activity_is_published(sqlite_server_db):
 def test_server_activity_without_a_queue_is_created(api):
     code, a = api.post("/activities", {"type": "report"})
     assert code == 201 and a["state"] == "queued" and a["parameters"] == {}
+
+
+@pytest.mark.parametrize("body", [{"reason": "again"}, {"summary": "x"}, [], "x", 1])
+def test_reapply_refuses_a_body_and_changes_nothing(api, body):
+    (cid,) = api.computers(1)
+    _, a = api.post("/activities", api.script([cid]))
+    api.post(f"/activities/{a['id']}/cancel")
+    before = api.snapshot()
+    code, reply = api.post(f"/activities/{a['id']}/reapply", body)
+    assert code == 400 and reply["error"]["code"] == "invalid" and "no body" in reply["error"]["message"]
+    assert api.snapshot() == before
+    # Without a body (or with an empty object) it is done.
+    assert api.post(f"/activities/{a['id']}/reapply", {})[0] == 201

@@ -268,3 +268,25 @@ def test_the_composition_root_puts_activity_types_into_the_context(sqlite_url):
         assert context.plugins.get("execute-script").kind == "client"
     finally:
         engine.dispose()
+
+
+# --- query parameters -----------------------------------------------------------------
+
+
+def test_an_unknown_query_parameter_is_400_on_every_route_and_changes_nothing(api):
+    (cid,) = api.computers(1)
+    _, a = api.post("/activities", api.script([cid]))
+    api.post(f"/activities/{a['id']}/cancel")
+    doc = api.get("/openapi.json")[1]
+    before = api.snapshot()
+    ids = {"activity_id": a["id"], "computer_id": cid, "name": "out"}
+    routes = [(m, p) for p, ops in doc["paths"].items() for m in ops]
+    assert ("get", "/activity-types") in routes and ("get", "/openapi.json") in routes
+    for method, path in routes:
+        url = re.sub(r"{(\w+)}", lambda m: str(ids[m.group(1)]), path) + "?bogus=1"
+        code, body = api.request(method.upper(), url)
+        assert (code, body["error"]["field"]) == (400, "bogus"), (method, path, code, body)
+        assert "unknown query parameter 'bogus'" in body["error"]["message"]
+        # Every route can answer 400 now, and says so.
+        assert "400" in doc["paths"][path][method]["responses"], (method, path)
+    assert api.snapshot() == before
