@@ -89,6 +89,14 @@ def parse_time(value: Any, field: str) -> dt.datetime:
         raise invalid(field, f"{field}: {value!r} is out of range") from None
 
 
+def iso(value: dt.datetime | None) -> str | None:
+    """A UTC time as the API (and what the server writes for people) spells it:
+    ISO 8601 with a ``Z``."""
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
 def _delivery_time(value: Any, field: str) -> dt.datetime:
     """A ``deliver_after`` / ``deliver_before``: a time far enough from the end of
     the calendar that expiry and delay windows can be added to it (list filters
@@ -343,4 +351,4 @@ async def reapply(context, activity_id: int, creator: str) -> Activity:
     return activity
 
 
-__all__ = ["RequestError", "create_activities", "reapply", "parse_time", "ActivityNotFound"]
+__all__ = ["RequestError", "create_activities", "reapply", "parse_time", "iso", "ActivityNotFound"]

@@ -16,6 +16,7 @@ import io
 import json
 
 from server import states
+from server.activityservice import iso
 from server.hookspecs import ActivityType, JobResult, ParameterError, hookimpl
 
 NAME = "activity-report"
@@ -62,7 +63,7 @@ def validate(params: dict) -> dict:
 
 
 def _time(t: dt.datetime | None) -> str:
-    return t.isoformat() if t is not None else ""
+    return iso(t) or ""
 
 
 def _row(a) -> dict:
@@ -105,8 +106,8 @@ async def run(job) -> JobResult:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    shown = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in filters.items() if v is not None}
-    doc = {"generated_at": started.isoformat(), "filters": shown, "matching": total or 0, "count": len(rows),
+    shown = {k: (iso(v) if isinstance(v, dt.datetime) else v) for k, v in filters.items() if v is not None}
+    doc = {"generated_at": iso(started), "filters": shown, "matching": total or 0, "count": len(rows),
            "truncated": bool(total and total > len(rows)), "activities": rows}
     await job.store_output("activities.csv", buf.getvalue().encode("utf-8"), "text/csv; charset=utf-8")
     await job.store_output("activities.json", json.dumps(doc, indent=1).encode("utf-8"), "application/json")

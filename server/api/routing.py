@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from server import activityservice, states
+from server.activityservice import iso  # noqa: F401 (the route modules' time formatter)
 from server.api import auth
 from server.api.errors import ApiError, encode, invalid
 
@@ -408,13 +409,6 @@ def page(request, query: Query, count: int, results: list, limit: int, offset: i
         path = request.path.decode("utf-8", "replace")
         next_url = f"{scheme}://{host}{path}?{urlencode(sorted(args.items()))}"
     return {"count": count, "results": results, "next": next_url}
-
-
-def iso(value) -> str | None:
-    """A UTC time as ISO 8601 with a ``Z``."""
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def creator_of(request) -> str:

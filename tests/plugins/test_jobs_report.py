@@ -96,3 +96,16 @@ def test_bad_parameters_are_refused(world):
         types.validate("activity-report", {"created_after": "2026-01-02", "created_before": "2026-01-01"})
     assert types.validate("activity-report", {"created_after": "2026-01-02T00:00:00"}) == {
         "created_after": "2026-01-02T00:00:00+00:00"}
+
+
+def test_report_times_are_spelled_as_the_api_spells_them(world):
+    a = world.create("test-job", {}, requires_approval=True)
+    world.pump(1)
+    got, rows, doc, _, _ = run_report(world, type="test-job", created_after="2000-01-01T00:00:00Z")
+    created = world.get(a.id).created_at
+    expected = created.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+    (row,) = rows
+    assert row["created_at"] == expected and row["delivered_at"] == ""
+    assert doc["activities"][0]["created_at"] == expected
+    assert doc["generated_at"].endswith("Z") and doc["filters"]["created_after"] == "2000-01-01T00:00:00Z"
+    assert "+00:00" not in json.dumps(doc)
