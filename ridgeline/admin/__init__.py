@@ -50,34 +50,25 @@ wait_for_type = _typed(parsing.parse_wait_for)
 seconds_type = _typed(parsing.parse_seconds)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+def _number(parse, ok, must: str, name: str):
+    """An argparse type: ``parse`` the text, then check it with ``ok``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(value):  # also refuses nan, which compares false with everything
+            raise argparse.ArgumentTypeError(f"{text!r} {must}")
+        return value
+
+    convert.__name__ = name
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+positive_int = _number(int, lambda v: v > 0, "must be positive", "positive_int")
+non_negative_int = _number(int, lambda v: v >= 0, "must not be negative", "non_negative_int")
+positive_float = _number(float, lambda v: v > 0, "must be more than 0", "positive_float")
 
 
 def _common() -> argparse.ArgumentParser:
