@@ -35,6 +35,20 @@ def start_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     return proc, data
 
 
+def run_demo(tmp_path: Path, *extra: str) -> tuple[int, str, str, Path]:
+    """Run the demo to its end: (exit status, stdout, stderr, data directory); it is
+    killed if it outlives the wait, and nothing it printed may be a traceback."""
+    proc, data = start_demo(tmp_path, *extra)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in out + err
+    return proc.returncode, out, err, data
+
+
 def leftovers(data: Path) -> list[str]:
     """Processes of that demo still alive: marked scripts, or anything whose
     command line names its data directory (the server, the agent)."""
@@ -67,15 +81,8 @@ def summary_lines(out: str) -> dict[str, str]:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_demo_runs_every_activity_to_its_expected_end(tmp_path):
-    proc, data = start_demo(tmp_path)
-    try:
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out + err
-    assert "Traceback" not in out + err
+    code, out, err, data = run_demo(tmp_path)
+    assert code == 0, out + err
 
     # One line per transition (not a terminal): time, id, type, state, step.
     transitions = re.findall(r"^(\d\d:\d\d:\d\d)\s+(\d+)\s+([\w-]+)\s+([\w-]+)\s+([\w-]+)$", out, re.M)
@@ -150,15 +157,8 @@ def test_demo_runs_every_activity_to_its_expected_end(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_demo_says_which_activity_did_not_end_as_expected_and_exits_1(tmp_path):
-    proc, data = start_demo(tmp_path, "--expect", "cancel=succeeded")
-    try:
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, out + err
-    assert "Traceback" not in out + err
+    code, out, err, data = run_demo(tmp_path, "--expect", "cancel=succeeded")
+    assert code == 1, out + err
     assert "The demo FAILED:" in out
     failed = [line for line in out.splitlines() if line.startswith("  - ")]
     assert len(failed) == 1 and re.fullmatch(
