@@ -175,6 +175,7 @@ def loads(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_length: int = 
     value: object = None
     # Type letters are compared as literal ints (what indexing bytes gives):
     # u=117 i=105 ;=59 d=100 s=115 l=108 n=110 b=98 t=116 f=102.
+    # The loop is unrolled on purpose (the u and s branches repeat): a helper call per token is slower.
     try:
         while True:
             tok = pos
