@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from api_support import fired
 from protocol import codes
 from server.config import ServerConfig
 from server.context import ServerContext
@@ -59,17 +60,6 @@ class FixedDelays(random.Random):
 
     def uniform(self, a, b):
         return self._delays.pop(0)
-
-
-def fired(d: defer.Deferred):
-    results: list = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    from twisted.python.failure import Failure
-
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 class World:

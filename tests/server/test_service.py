@@ -19,20 +19,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
+from api_support import fired
 from server import web
 from server.config import ServerConfig
 from server.context import ServerContext
 from server.db import connect, inline_runner, migrate
 from server.db.base import Database, create_engine
-
-
-def fired(d):
-    box = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if hasattr(box[0], "raiseException"):
-        box[0].raiseException()
-    return box[0]
 
 
 def get(treq, url):
