@@ -176,7 +176,8 @@ class ExchangeStateConnector:
             url = self.db.engine.url
             self._inline_ok = (url.get_backend_name() == "sqlite"
                                and url.database not in (None, "", ":memory:")
-                               and not url.database.startswith("file::memory:"))
+                               and not url.database.startswith("file::memory:")
+                               and url.query.get("mode") != "memory")
         return self._inline_ok
 
     def idle_exchange_inline(self, secure_id_hash: str, token_hash: str | None, new_token_hash: str,
