@@ -15,7 +15,6 @@ IService``; see ``server.web`` for the HTTP mount points.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -197,18 +196,8 @@ def check_listening_config(reactor, config: ServerConfig) -> None:
 
 
 def _optional_service(module_name: str, context: ServerContext) -> service.IService | None:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            log.info("{module} is not installed: not started", module=module_name)
-            return None
-        raise
-    make = getattr(module, "make_service", None)
-    if make is None:
-        log.warn("{module} has no make_service(): not started", module=module_name)
-        return None
-    return make(context)
+    make = web.optional_factory(module_name, "make_service", log=log, absent="not started")
+    return None if make is None else make(context)
 
 
 def build(reactor, config: ServerConfig, engine: sa.Engine, server_uuid: str, on_failure) -> tuple[service.MultiService, ServerContext]:

@@ -106,17 +106,21 @@ class HealthResource(Resource):
                           f"method {request.method.decode('latin-1')} not allowed here; allowed: GET, HEAD")
 
 
-def _optional_factory(module_name: str, attribute: str) -> Callable[..., Any] | None:
+def optional_factory(module_name: str, attribute: str, *, log: Logger = _log,
+                     absent: str = "not mounted") -> Callable[..., Any] | None:
+    """``module_name.attribute`` of an optional part of the server, or None when
+    the module is not installed or lacks it (logged with ``absent``: what that
+    means). A module that is there but fails to import raises: that is a bug."""
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            _log.info("{module} is not installed: not mounted", module=module_name)
+            log.info("{module} is not installed: {absent}", module=module_name, absent=absent)
             return None
         raise
     factory = getattr(module, attribute, None)
     if factory is None:
-        _log.warn("{module} has no {attribute}(): not mounted", module=module_name, attribute=attribute)
+        log.warn("{module} has no {attribute}(): {absent}", module=module_name, attribute=attribute, absent=absent)
     return factory
 
 
@@ -125,13 +129,13 @@ def build_root(context: ServerContext) -> Resource:
     root = Root()
     root.putChild(b"healthz", HealthResource(context.db, context.reactor))
 
-    make_api = _optional_factory("server.api", "make_resource")
+    make_api = optional_factory("server.api", "make_resource")
     if make_api is not None:
         api = Root()
         api.putChild(API_PREFIX[1], make_api(context))
         root.putChild(API_PREFIX[0], api)
 
-    make_ms = _optional_factory("server.messagesystem", "make_resources")
+    make_ms = optional_factory("server.messagesystem", "make_resources")
     if make_ms is not None:
         for name, resource in make_ms(context).items():
             segment = name.encode() if isinstance(name, str) else name

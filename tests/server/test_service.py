@@ -217,3 +217,23 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         )
     assert done.returncode == 1
     assert f"cannot listen on tcp:{port}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_optional_part_is_skipped_only_when_it_is_not_installed(tmp_path, monkeypatch):
+    from twisted.logger import Logger, formatEvent
+
+    events = []
+    log = Logger(observer=events.append)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "rl_part_without.py").write_text("x = 1\n")
+    (tmp_path / "rl_part_broken.py").write_text("import rl_no_such_dependency\n")
+    (tmp_path / "rl_part_ok.py").write_text("def make_service(context):\n    return ('made', context)\n")
+
+    assert web.optional_factory("rl_part_missing", "make_service", log=log, absent="not started") is None
+    assert web.optional_factory("rl_part_without", "make_service", log=log, absent="not started") is None
+    assert [formatEvent(e) for e in events] == ["rl_part_missing is not installed: not started",
+                                                "rl_part_without has no make_service(): not started"]
+    # A part that is there but cannot import is a bug, not an absent part.
+    with pytest.raises(ModuleNotFoundError):
+        web.optional_factory("rl_part_broken", "make_service", log=log)
+    assert web.optional_factory("rl_part_ok", "make_service", log=log)("ctx") == ("made", "ctx")
