@@ -388,19 +388,36 @@ class _Prepared:
         positional = dialect.paramstyle in ("qmark", "numeric", "format")
         order = list(compiled.positiontup) if positional else None
         names = [c[0] for c in compiled._result_columns] if hasattr(compiled, "_result_columns") else []
-        entry = (str(compiled), compiled, processors, order, names)
+        # The statement's own constants, converted once; a call then only fills
+        # in and converts its parameters (``construct_params`` per call costs
+        # as much as SQLite's work on the idle exchange).
+        constants = compiled.construct_params(_check=False)
+        required = frozenset(n for n, b in compiled.binds.items() if b.required and n in constants)
+        for name, value in constants.items():
+            if name not in required and name in processors:
+                constants[name] = processors[name](value)
+        entry = (str(compiled), compiled, processors, order, names, constants, required)
         self._compiled[dialect.name] = entry
         return entry
 
+    def _values(self, entry, params):
+        sql, compiled, processors, order, names, constants, required = entry
+        if params.keys() == required:
+            values = {**constants}
+            for name, value in params.items():
+                proc = processors.get(name)
+                values[name] = value if proc is None else proc(value)
+        else:  # anything unexpected: SQLAlchemy's own checks and errors
+            values = compiled.construct_params(params)
+            for name, proc in processors.items():
+                values[name] = proc(values[name])
+        return [values[n] for n in order] if order is not None else values
+
     def _run(self, conn, params):
         entry = self._compiled.get(conn.dialect.name) or self._prepare(conn.dialect)
-        sql, compiled, processors, order, names = entry
-        values = compiled.construct_params(params)
-        for name, proc in processors.items():
-            values[name] = proc(values[name])
         cursor = conn.connection.cursor()
-        cursor.execute(sql, [values[n] for n in order] if order is not None else values)
-        return cursor, names
+        cursor.execute(entry[0], self._values(entry, params))
+        return cursor, entry[4]
 
     def first(self, conn, params):
         cursor, names = self._run(conn, params)
