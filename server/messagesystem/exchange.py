@@ -23,7 +23,11 @@ exchange in **one transaction**:
 
 The idle exchange (nothing received, nothing to send, the agent up to date)
 costs one SELECT (the computer row with two indexed sub-queries: oldest kept
-outbox number, any deliverable work) and that one UPDATE. Work adds a constant
+outbox number, any deliverable work) and that one UPDATE. On a SQLite file it
+runs in the reactor thread, where a thread-pool hop would cost more than the two
+statements; it never waits for a lock there (a busy database sends it to the
+pool) and leaves WAL checkpoints to the pool
+(``ExchangeStateConnector.idle_exchange_inline``). Work adds a constant
 number of statements for reading and appending plus, per delivered activity,
 the state machine's compare-and-set (``transition_thd``).
 

@@ -134,3 +134,16 @@ def test_in_memory_sqlite_never_runs_inline():
         assert db.exchange.inline_idle is False
     finally:
         db.close()
+
+
+def test_a_prepared_statement_missing_a_parameter_is_refused_not_bound_to_null(senv):
+    import sqlalchemy as sa
+
+    raw = senv.db.engine.raw_connection()
+    try:
+        conn = exchangestate._RawConn(senv.db.engine.dialect, raw)
+        with pytest.raises(sa.exc.InvalidRequestError, match="exchange_token_hash"):
+            exchangestate._SAVE_IDLE.run(conn, {"cid": 1, "last_seen": None})
+    finally:
+        raw.rollback()
+        raw.close()
