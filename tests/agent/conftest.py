@@ -72,18 +72,3 @@ def make_agent(clock, stub, data_path):
     for agent in made:
         agent.stop()
         agent.store.close()
-
-
-def settle(clock: Clock, stub=None, seconds: float = 0.0, step: float = 0.5) -> None:
-    """Advance the clock by ``seconds`` in small steps, flushing StubTreq."""
-    if stub is not None:
-        stub.flush()
-    clock.advance(0)
-    if stub is not None:
-        stub.flush()
-    elapsed = 0.0
-    while elapsed < seconds:
-        clock.advance(step)
-        elapsed += step
-        if stub is not None:
-            stub.flush()

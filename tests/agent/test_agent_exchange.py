@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from conftest import settle
+from agent_support import settle
 from twisted.internet.defer import Deferred
 
 from agent.hookspecs import OperationResult, hookimpl

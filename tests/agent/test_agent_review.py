@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import settle
+from agent_support import settle
 from twisted.internet.defer import Deferred
 
 from agent import exchange as agent_exchange
