@@ -39,8 +39,8 @@ def _body(request, limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
-class ExchangeResource(Resource):
-    """``POST /message-system``: bpickle in, bpickle out."""
+class _AgentResource(Resource):
+    """What the message system's resources share: answering once a Deferred fires."""
 
     isLeaf = True
 
@@ -48,6 +48,31 @@ class ExchangeResource(Resource):
         super().__init__()
         self.ms = messagesystem
         self.log = messagesystem.log
+
+    def answer_later(self, request, d, write, what: str):
+        """Call ``write(result)`` when ``d`` fires, then finish the request; a
+        failure is logged and answered 500 saying the server could not ``what``.
+        Nothing is written to a client that has gone away."""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def done(result) -> None:
+            if not gone:
+                write(result)
+                request.finish()
+
+        def failed(f) -> None:
+            self.log.failure("could not {what}", f, what=what)
+            if not gone:
+                request.write(_text(request, 500, f"the server could not {what}"))
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+class ExchangeResource(_AgentResource):
+    """``POST /message-system``: bpickle in, bpickle out."""
 
     def render_POST(self, request):
         limit = self.ms.config.max_body_size
@@ -71,42 +96,22 @@ class ExchangeResource(Resource):
             self.log.warn("exchange refused (400) from {peer}: {reason}", peer=_peer(request), reason=str(e))
             return _text(request, 400, f"bad exchange request: {e}")
 
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
         def answer(payload: dict) -> None:
-            if gone:
-                return
             data = bpickle.dumps(payload)
             request.setHeader(b"content-type", OCTET_STREAM)
             request.setHeader(b"content-length", b"%d" % len(data))
             request.write(data)
-            request.finish()
 
-        def failed(f) -> None:
-            self.log.failure("exchange failed", f)
-            if not gone:
-                request.write(_text(request, 500, "the server could not complete the exchange"))
-                request.finish()
-
-        self.ms.exchange(incoming).addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
+        return self.answer_later(request, self.ms.exchange(incoming), answer, "complete the exchange")
 
     def render_GET(self, request):
         request.setHeader(b"allow", b"POST")
         return _text(request, 405, "use POST")
 
 
-class PingResource(Resource):
+class PingResource(_AgentResource):
     """``POST /ping`` with form field ``insecure_id``: ``{"messages": True}`` only
     when the computer has something waiting now. One indexed query."""
-
-    isLeaf = True
-
-    def __init__(self, messagesystem: MessageSystem):
-        super().__init__()
-        self.ms = messagesystem
-        self.log = messagesystem.log
 
     def render_POST(self, request):
         values = (request.args or {}).get(b"insecure_id") or []
@@ -117,40 +122,20 @@ class PingResource(Resource):
         except ValueError:
             return _text(request, 400, "bad ping: expected one form field insecure_id=<number>")
         now = dt.datetime.fromtimestamp(self.ms.context.reactor.seconds(), tz=dt.timezone.utc)
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
         def answer(waiting: bool) -> None:
-            if gone:
-                return
             request.setHeader(b"content-type", OCTET_STREAM)
             request.write(bpickle.dumps({"messages": bool(waiting)}))
-            request.finish()
 
-        def failed(f) -> None:
-            self.log.failure("ping failed", f)
-            if not gone:
-                request.write(_text(request, 500, "the server could not answer the ping"))
-                request.finish()
-
-        self.ms.db.exchange.ping(insecure_id, now).addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
+        return self.answer_later(request, self.ms.db.exchange.ping(insecure_id, now), answer, "answer the ping")
 
     def render_GET(self, request):
         request.setHeader(b"allow", b"POST")
         return _text(request, 405, "use POST")
 
 
-class AttachmentResource(Resource):
+class AttachmentResource(_AgentResource):
     """``GET /attachment/<id>`` with ``X-Computer-ID``: the raw file, only for a
     computer one of whose delivered activities uses it."""
-
-    isLeaf = True
-
-    def __init__(self, messagesystem: MessageSystem):
-        super().__init__()
-        self.ms = messagesystem
-        self.log = messagesystem.log
 
     def render_GET(self, request):
         path = request.postpath
@@ -160,12 +145,7 @@ class AttachmentResource(Resource):
         secure_id = request.getHeader(b"x-computer-id")
         if not secure_id or len(secure_id) > MAX_ID_LENGTH:
             return _text(request, 403, "X-Computer-ID is required")
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
         def answer(result) -> None:
-            if gone:
-                return
             outcome, name, data = result
             if outcome == "ok":
                 request.setHeader(b"content-type", OCTET_STREAM)
@@ -177,17 +157,9 @@ class AttachmentResource(Resource):
                 self.log.warn("security: attachment {id} refused ({outcome}) to {peer}", id=attachment_id,
                               outcome=outcome, peer=_peer(request))
                 request.write(_text(request, 403, "this computer may not fetch that attachment"))
-            request.finish()
 
-        def failed(f) -> None:
-            self.log.failure("attachment download failed", f)
-            if not gone:
-                request.write(_text(request, 500, "the server could not serve the attachment"))
-                request.finish()
-
-        self.ms.db.exchange.attachment(hash_secret(secure_id), attachment_id).addCallbacks(
-            answer, failed)
-        return server.NOT_DONE_YET
+        d = self.ms.db.exchange.attachment(hash_secret(secure_id), attachment_id)
+        return self.answer_later(request, d, answer, "serve the attachment")
 
 
 def _peer(request) -> str:
