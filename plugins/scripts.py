@@ -38,6 +38,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
 from agent.hookspecs import OperationResult, hookimpl
+from agent.httperrors import describe_http_error
 from agent.procs import process_start_time
 from plugins._process import LAUNCHER, group_alive, signal_group
 from protocol import codes
@@ -370,8 +371,7 @@ class ScriptExecutionPlugin:
         except (_Refused, CancelledError):
             raise
         except Exception as e:
-            reason = getattr(e, "reasons", None)
-            detail = str(reason[0].value) if reason else (str(e) or type(e).__name__)
+            detail = describe_http_error(e).rstrip(".")
             raise _Refused(f"{what}: {detail}.", codes.ATTACHMENT_DOWNLOAD_FAILED) from None
 
     async def _run_script(self, run, script_path, env, user, time_limit, limit_kib,

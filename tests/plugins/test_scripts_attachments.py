@@ -8,7 +8,12 @@ import pwd
 import pytest
 import pytest_twisted
 import treq
+from OpenSSL import SSL
 from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 
 from protocol import codes
 
@@ -82,7 +87,46 @@ async def test_connection_error_fails_with_104(plugin, tempdir):
     result = await run(plugin, ctx, message("echo", attachments={"a": 5}))
     assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
     assert result.result_text.startswith("Could not download attachment 'a' (id 5): ")
-    assert "Failure" not in result.result_text and "Traceback" not in result.result_text
+    assert "refused" in result.result_text
+    for raw in ("Failure", "Traceback", "[<", ".."):
+        assert raw not in result.result_text
+    assert list(tempdir.iterdir()) == []
+
+
+class _FailingHTTP:
+    """An HTTP client whose every request fails with ``error``, as treq's would."""
+
+    def __init__(self, error):
+        self.error = error
+        self.urls = []
+
+    def get(self, url, **kw):
+        self.urls.append(url)
+        return defer.fail(self.error)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connection_inside_twisteds_wrapper_is_one_plain_sentence(plugin, tempdir):
+    # What twisted.web's Agent raises: a list of Failures, whose repr is "[<twisted...Failure ...>]".
+    error = ResponseNeverReceived([Failure(ConnectionRefusedError("Connection refused"))])
+    http = _FailingHTTP(error)
+    result = await run(plugin, FakeContext(tempdir, http=http), message("echo ran", attachments={"a": 5}))
+    assert (result.status, result.result_code) == (codes.FAILED, codes.ATTACHMENT_DOWNLOAD_FAILED)
+    assert result.result_text == ("Could not download attachment 'a' (id 5): ConnectionRefusedError: "
+                                  "Connection was refused by other side: Connection refused.")
+    assert http.urls == ["https://server.invalid/attachment/5"]
+    assert list(tempdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_failure_says_what_to_do_not_what_openssl_printed(plugin, tempdir):
+    ssl_error = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    http = _FailingHTTP(ResponseNeverReceived([Failure(ssl_error)]))
+    result = await run(plugin, FakeContext(tempdir, http=http), message("echo ran", attachments={"a": 5}))
+    assert result.result_code == codes.ATTACHMENT_DOWNLOAD_FAILED
+    assert result.result_text == (
+        "Could not download attachment 'a' (id 5): the server's TLS certificate could not be verified "
+        "(certificate verify failed); set ssl_public_key to the file of the CA that signed it.")
     assert list(tempdir.iterdir()) == []
 
 
