@@ -1,12 +1,14 @@
 """The admin CLI's pure parts: WHEN, --param, --wait-for, tables and detail views,
 argument parsing, and the watch loop's display (against a scripted API)."""
 
+import argparse
 import datetime as dt
 import io
 import json
 
 import pytest
 
+from ridgeline import admin
 from ridgeline.admin import commands, formatting as fmt, parsing
 from ridgeline.admin.client import ApiClient, Unreachable, _error_from_body
 from ridgeline.cli import main
@@ -410,3 +412,73 @@ def test_output_listing_is_told_apart_from_an_output():
     assert commands._output_listing(b"id,state\n1,queued\n") is None
     assert commands._output_listing(b'{"outputs": [{"id": 1}]}') is None
     assert commands._output_listing(b'[1, 2]') is None
+
+
+# --- creation's status line ------------------------------------------------------------
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class CreatingApi:
+    """Answers POST /activities with a group, noting what stderr showed meanwhile."""
+
+    def __init__(self, err, fail=False):
+        self.err = err
+        self.fail = fail
+        self.err_during_post = None
+
+    def post(self, path, body=None, **kw):
+        self.err_during_post = self.err.getvalue()
+        if self.fail:
+            raise commands.ApiError(400, "bad-request", "no computers have those tags")
+        return group("queued", {"queued": len(body.get("computer_ids") or [1, 2])}, type="execute-script")
+
+
+def run_script(argv, *, err, json_output=False):
+    parser = argparse.ArgumentParser()
+    admin.add_arguments(parser, "activities")
+    args = parser.parse_args(["run-script", "--code", "true", "--user", "root", *argv])
+    api = CreatingApi(err)
+    out = io.StringIO()
+    s = commands.Session(api, out=out, err=err, json=json_output, tz=UTC)
+    return args, s, api, out
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--computer", "1", "2", "3", "3"], "creating activities for 3 computers…"),
+    (["--computer", "4"], "creating activities for 1 computer…"),
+    (["--tag", "web"], "creating activities for tag web…"),
+    (["--tag", "web", "db"], "creating activities for tags web, db…"),
+])
+def test_creation_shows_a_passing_line_on_a_terminal(argv, shown):
+    err = FakeTTY()
+    args, s, api, out = run_script(argv, err=err)
+    assert args.func(s, args) == 0
+    assert api.err_during_post == shown
+    assert err.getvalue() == shown + "\r\x1b[K", "cleared before the result is printed"
+    assert out.getvalue().startswith("activity 8 created (execute-script, group of ")
+
+
+def test_creation_line_is_cleared_when_the_server_refuses():
+    err = FakeTTY()
+    args, s, api, out = run_script(["--tag", "nowhere"], err=err)
+    api.fail = True
+    with pytest.raises(commands.ApiError):
+        args.func(s, args)
+    assert err.getvalue() == "creating activities for tag nowhere…\r\x1b[K"
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("tty, json_output", [(False, False), (True, True)])
+def test_no_creation_line_off_a_terminal_or_with_json(tty, json_output):
+    err = FakeTTY() if tty else io.StringIO()
+    args, s, api, out = run_script(["--computer", "1", "2"], err=err, json_output=json_output)
+    assert args.func(s, args) == 0
+    assert api.err_during_post == "" and err.getvalue() == ""
+    if json_output:
+        assert json.loads(out.getvalue())["id"] == 8
+    else:
+        assert out.getvalue().startswith("activity 8 created")

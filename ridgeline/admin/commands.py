@@ -49,6 +49,7 @@ class Session:
     json: bool = False
     tz: dt.tzinfo | None = None  # None: the local zone
     tty: bool | None = None  # None: ask ``out``
+    err_tty: bool | None = None  # None: ask ``err``
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
 
@@ -64,6 +65,29 @@ class Session:
             return self.tty
         isatty = getattr(self.out, "isatty", None)
         return bool(isatty and isatty())
+
+    @property
+    def err_is_tty(self) -> bool:
+        if self.err_tty is not None:
+            return self.err_tty
+        isatty = getattr(self.err, "isatty", None)
+        return bool(isatty and isatty())
+
+    def status(self, text: str) -> Callable[[], None]:
+        """Show a passing status line on a terminal's stderr while something slow
+        runs; returns what clears it. Nothing at all with --json or off a terminal
+        (scripts and logs get only results)."""
+        if self.json or not self.err_is_tty:
+            return lambda: None
+        self.err.write(text)
+        self.err.flush()
+
+        def clear() -> None:
+            # Back to column 0 and erase: the result printed next takes the line.
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+
+        return clear
 
 
 def _results(reply: Any) -> tuple[list, int | None]:
@@ -422,7 +446,24 @@ def activities_run_script(s: Session, args) -> int:
     body.update(_scheduling(args))
     if args.attach:
         params["attachments"] = upload_attachments(s, args.attach)
-    return _created(s, s.client.post("/activities", body), args)
+    # One POST creates every child: seconds for thousands of computers.
+    clear = s.status(f"creating activities {_targets(args.computer, args.tag)}…")
+    try:
+        created = s.client.post("/activities", body)
+    finally:
+        clear()
+    return _created(s, created, args)
+
+
+def _targets(computer_ids, tags) -> str:
+    """``for 3 computers``, ``for tag web``, ``for 1 computer and tags a, b``."""
+    parts = []
+    if computer_ids:
+        n = len(set(computer_ids))
+        parts.append(f"{n} computer{'' if n == 1 else 's'}")
+    if tags:
+        parts.append(f"tag{'' if len(tags) == 1 else 's'} {', '.join(tags)}")
+    return "for " + " and ".join(parts) if parts else ""
 
 
 def activities_run_job(s: Session, args) -> int:
