@@ -29,6 +29,43 @@ from server.db.tables import activities, activity_history, activity_attachments
 COUNTER_COLUMNS: dict[str, str] = {s: f"n_{s.replace('-', '_')}" for s in states.STATES}
 
 
+def target_values(to: str, kind: str, now: dt.datetime, blocked_reason: str | None = None) -> dict[str, Any]:
+    """The columns any move of a ``kind`` activity to ``to`` sets, whoever moves it.
+
+    The one definition shared by every transition method; a caller's own values
+    are laid over it (they win, e.g. a provisional cancel keeps its deadline).
+    """
+    fixed: dict[str, Any] = {
+        "state": to,
+        "modified_at": now,
+        "blocked_reason": blocked_reason if to == states.BLOCKED else None,
+    }
+    if to in states.FINAL_STATES:
+        fixed.update(completed_at=now, lease_expires_at=None, answer_deadline=None)
+    if to == states.IN_PROGRESS and kind == states.CLIENT:
+        fixed["delivered_at"] = now
+    if to == states.QUEUED and kind == states.SERVER:
+        # (Re)entering the queue: the publisher must publish it again (an
+        # earlier message, if any, was dropped while it was not queued).
+        fixed["published_at"] = None
+    return fixed
+
+
+def parent_deltas(moved: Iterable[tuple[int | None, str]], to: str) -> dict[int, dict[str, int]]:
+    """Per-parent counter deltas for children that left the given states for ``to``.
+
+    ``moved`` holds ``(parent_id, from_state)`` per moved activity; parentless
+    ones and moves that keep the state count for nothing.
+    """
+    deltas: dict[int, dict[str, int]] = {}
+    for parent_id, old in moved:
+        if parent_id is not None and old != to:
+            d = deltas.setdefault(parent_id, {})
+            d[old] = d.get(old, 0) - 1
+            d[to] = d.get(to, 0) + 1
+    return deltas
+
+
 @dataclass(frozen=True)
 class Activity:
     """One activity as stored. Times are UTC-aware datetimes."""
@@ -497,22 +534,7 @@ class ActivitiesConnector:
             states.check(current.kind, expected, to, activity_id=activity_id)
         if to == states.BLOCKED and blocked_reason not in states.BLOCKED_REASONS:
             raise ValueError("a move to blocked needs a blocked reason")
-        update: dict[str, Any] = {
-            "state": to,
-            "modified_at": now,
-            "blocked_reason": blocked_reason if to == states.BLOCKED else None,
-            **(values or {}),
-        }
-        if to in states.FINAL_STATES:
-            update.setdefault("completed_at", now)
-            update.setdefault("lease_expires_at", None)
-            update.setdefault("answer_deadline", None)
-        if to == states.IN_PROGRESS and current.kind == states.CLIENT:
-            update.setdefault("delivered_at", now)
-        if to == states.QUEUED and current.kind == states.SERVER:
-            # (Re)entering the queue: the publisher must publish it again (an
-            # earlier message, if any, was dropped while it was not queued).
-            update.setdefault("published_at", None)
+        update = {**target_values(to, current.kind, now, blocked_reason), **(values or {})}
         cond = [activities.c.id == activity_id, activities.c.state == expected]
         if _resolving_cancel:
             cond.append(activities.c.cancel_provisional == sa.true())
@@ -524,24 +546,22 @@ class ActivitiesConnector:
                 activity_id=activity_id,
                 current=now_state,
             )
-        conn.execute(
-            activity_history.insert().values(
-                activity_id=activity_id,
-                computer_id=current.computer_id,
-                at=now,
-                event="transition",
-                from_state=expected,
-                to_state=to,
-                actor=actor,
-                reason=reason,
-            )
-        )
-        if current.parent_id is not None and expected != to:
-            self._apply_parent_deltas_thd(
-                conn, {current.parent_id: {expected: -1, to: 1}}, now=now,
-                reason=f"a child went from {expected} to {to}",
-            )
+        self._transition_history_thd(conn, [(activity_id, current.computer_id, expected)], to,
+                                     actor=actor, reason=reason, now=now)
+        self._apply_parent_deltas_thd(conn, parent_deltas([(current.parent_id, expected)], to), now=now,
+                                      reason=f"a child went from {expected} to {to}")
         return replace(current, **update)
+
+    def _transition_history_thd(self, conn, moved: Sequence[tuple[int, int | None, str]], to: str, *,
+                                actor: str, reason: str, now: dt.datetime) -> None:
+        """One history insert for ``(activity_id, computer_id, from_state)`` moves to ``to``."""
+        if not moved:
+            return
+        conn.execute(activity_history.insert(), [
+            {"activity_id": aid, "computer_id": cid, "at": now, "event": "transition",
+             "from_state": old, "to_state": to, "actor": actor, "reason": reason}
+            for aid, cid, old in moved
+        ])
 
     def transition_many_thd(
         self,
@@ -555,8 +575,9 @@ class ActivitiesConnector:
     ) -> None:
         """Move several activities, each from the state it was read in, to ``to``,
         in a constant number of statements whatever their number: one
-        ``executemany`` compare-and-set, one history insert, and the parents'
-        counters (see :meth:`_apply_parent_deltas_thd`).
+        ``executemany`` compare-and-set per activity kind, one history insert, and
+        the parents' counters (see :meth:`_apply_parent_deltas_thd`). Each row gets
+        :func:`target_values` for its kind under its own ``values``.
 
         The caller must have read the activities in this transaction with a row
         lock (``FOR UPDATE``; SQLite serialises writers), so every compare-and-set
@@ -576,40 +597,27 @@ class ActivitiesConnector:
             states.check(a.kind, a.state, to, activity_id=a.id)
             if sorted(values) != keys:
                 raise ValueError("every move must set the same columns")
-        fixed: dict[str, Any] = {"state": to, "modified_at": now, "blocked_reason": None}
-        if to in states.FINAL_STATES:
-            fixed.update(completed_at=now, lease_expires_at=None, answer_deadline=None)
-        if to == states.IN_PROGRESS:
-            fixed["delivered_at"] = now
-        for k in keys:
-            fixed.pop(k, None)
-        stmt = (
-            activities.update()
-            .where(activities.c.id == sa.bindparam("m_id"), activities.c.state == sa.bindparam("m_expected"))
-            .values(**fixed, **{k: sa.bindparam(f"m_v_{k}") for k in keys})
-        )
-        params = [
-            {"m_id": a.id, "m_expected": a.state, **{f"m_v_{k}": v[k] for k in keys}}
-            for a, v in sorted(moves, key=lambda m: m[0].id)  # one lock order for every writer
-        ]
-        moved = conn.execute(stmt, params).rowcount
+        # One executemany per kind (the fixed columns depend on it), each in id
+        # order: one lock order for every writer.
+        by_kind: dict[str, list[tuple[Activity, dict[str, Any]]]] = {}
+        for move in sorted(moves, key=lambda m: m[0].id):
+            by_kind.setdefault(move[0].kind, []).append(move)
+        moved = 0
+        for kind, kind_moves in by_kind.items():
+            fixed = {k: v for k, v in target_values(to, kind, now).items() if k not in keys}
+            stmt = (
+                activities.update()
+                .where(activities.c.id == sa.bindparam("m_id"), activities.c.state == sa.bindparam("m_expected"))
+                .values(**fixed, **{k: sa.bindparam(f"m_v_{k}") for k in keys})
+            )
+            params = [{"m_id": a.id, "m_expected": a.state, **{f"m_v_{k}": v[k] for k in keys}} for a, v in kind_moves]
+            moved += conn.execute(stmt, params).rowcount
         if moved != len(moves):
             raise LostRace(f"{len(moves) - moved} of {len(moves)} activities changed meanwhile; nothing changed")
-        conn.execute(
-            activity_history.insert(),
-            [
-                {"activity_id": a.id, "computer_id": a.computer_id, "at": now, "event": "transition",
-                 "from_state": a.state, "to_state": to, "actor": actor, "reason": reason}
-                for a, _ in moves
-            ],
-        )
-        deltas: dict[int, dict[str, int]] = {}
-        for a, _ in moves:
-            if a.parent_id is not None and a.state != to:
-                d = deltas.setdefault(a.parent_id, {})
-                d[a.state] = d.get(a.state, 0) - 1
-                d[to] = d.get(to, 0) + 1
-        self._apply_parent_deltas_thd(conn, deltas, now=now, reason=f"children went to {to}")
+        self._transition_history_thd(conn, [(a.id, a.computer_id, a.state) for a, _ in moves], to,
+                                     actor=actor, reason=reason, now=now)
+        self._apply_parent_deltas_thd(conn, parent_deltas([(a.parent_id, a.state) for a, _ in moves], to), now=now,
+                                      reason=f"children went to {to}")
 
     def _apply_parent_deltas_thd(self, conn, deltas: dict[int, dict[str, int]], *, now, reason: str) -> None:
         """Add per-state deltas to group parents' counters and derive their states.
@@ -683,9 +691,12 @@ class ActivitiesConnector:
         values: dict[str, Any] | None = None,
     ) -> list[Activity]:
         """Move many activities of ``kind`` from ``expected`` to ``to`` with the same
-        ``values``: one compare-and-set ``UPDATE ... RETURNING`` and one bulk
-        history insert, in the caller's transaction (the job-handler's claims and
-        outcomes, many at a time).
+        ``values`` (over :func:`target_values`): one compare-and-set ``UPDATE ...
+        RETURNING`` and one bulk history insert, in the caller's transaction (the
+        job-handler's claims and outcomes, many at a time).
+
+        Unlike :meth:`transition_many_thd` the rows need not be locked beforehand
+        and losing is normal: RETURNING says which moved.
 
         Only single activities without a parent are moved (group bookkeeping
         needs :meth:`transition_thd`); any other id, and any activity no longer in
@@ -697,15 +708,7 @@ class ActivitiesConnector:
         ids = sorted(set(activity_ids))
         if not ids:
             return []
-        update: dict[str, Any] = {"state": to, "modified_at": now, "blocked_reason": None, **(values or {})}
-        if to in states.FINAL_STATES:
-            update.setdefault("completed_at", now)
-            update.setdefault("lease_expires_at", None)
-            update.setdefault("answer_deadline", None)
-        if to == states.IN_PROGRESS and kind == states.CLIENT:
-            update.setdefault("delivered_at", now)
-        if to == states.QUEUED and kind == states.SERVER:
-            update.setdefault("published_at", None)
+        update = {**target_values(to, kind, now), **(values or {})}
         rows = conn.execute(
             activities.update()
             .where(activities.c.id.in_(ids), activities.c.state == expected, activities.c.kind == kind,
@@ -714,12 +717,8 @@ class ActivitiesConnector:
             .returning(*activities.c)
         ).all()
         moved = sorted((_row_to_activity(r) for r in rows), key=lambda a: a.id)
-        if moved:
-            conn.execute(activity_history.insert(), [
-                {"activity_id": a.id, "computer_id": a.computer_id, "at": now, "event": "transition",
-                 "from_state": expected, "to_state": to, "actor": actor, "reason": reason}
-                for a in moved
-            ])
+        self._transition_history_thd(conn, [(a.id, a.computer_id, expected) for a in moved], to,
+                                     actor=actor, reason=reason, now=now)
         return moved
 
     def children_thd(self, conn, parent_id: int) -> list[Activity]:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from protocol import codes
 from server import states
-from server.db.activities import ActivitiesConnector, LostRace, NewActivity
+from server.db.activities import ActivitiesConnector, LostRace, NewActivity, parent_deltas, target_values
 from server.db.computers import ComputersConnector, NewComputer
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -330,3 +330,65 @@ def test_parent_counters_stay_right_under_concurrent_children(make_server_db, po
     [t.join() for t in threads]
     p = fired(acts.get(parent.id))
     assert p.counts["succeeded"] == 10 and p.counts["in-progress"] == 0 and p.state == "succeeded"
+
+
+def test_target_values_say_what_a_move_sets_for_each_kind():
+    final = target_values("succeeded", "server", NOW)
+    assert final == {"state": "succeeded", "modified_at": NOW, "blocked_reason": None, "completed_at": NOW,
+                     "lease_expires_at": None, "answer_deadline": None}
+    assert target_values("in-progress", "client", NOW)["delivered_at"] == NOW
+    assert "delivered_at" not in target_values("in-progress", "server", NOW)
+    assert "published_at" in target_values("queued", "server", NOW)
+    assert "published_at" not in target_values("queued", "client", NOW)
+    assert target_values("blocked", "client", NOW, "paused")["blocked_reason"] == "paused"
+    assert target_values("queued", "client", NOW, "paused")["blocked_reason"] is None
+
+
+def test_parent_deltas_count_only_children_that_changed_state():
+    assert parent_deltas([(7, "queued"), (7, "queued"), (8, "queued"), (None, "queued"), (9, "canceled")],
+                         "canceled") == {7: {"queued": -2, "canceled": 2}, 8: {"queued": -1, "canceled": 1}}
+
+
+def test_transition_many_applies_each_kinds_target_values(store, fired):
+    acts, comps, db = store
+    cids = add_computers(comps, fired, 2)
+    group = fired(acts.create(script(cids), NOW))
+    server = fired(acts.create(NewActivity(kind="server", type="noop", parameters={}, creator="admin"), NOW))
+    _, kids = fired(acts.list(parent_id=group.id))
+    later = NOW + dt.timedelta(minutes=1)
+    deadline = later + dt.timedelta(hours=1)
+
+    def move(conn):
+        rows = [acts.get_thd(conn, k.id) for k in kids] + [acts.get_thd(conn, server.id)]
+        acts.transition_many_thd(conn, [(a, {"answer_deadline": deadline}) for a in rows], "in-progress",
+                                 actor="t", reason="r", now=later)
+
+    fired(db.run(move))
+    for k in kids:
+        got = fired(acts.get(k.id))
+        assert (got.state, got.delivered_at, got.answer_deadline) == ("in-progress", later, deadline)
+    got = fired(acts.get(server.id))
+    # A server activity is not "delivered" to an agent: only its claim sets that.
+    assert (got.state, got.delivered_at, got.answer_deadline) == ("in-progress", None, deadline)
+    p = fired(acts.get(group.id))
+    assert p.state == "in-progress" and p.counts["in-progress"] == 2 and p.counts["queued"] == 0
+    assert [h.to_state for h in fired(acts.history(server.id))] == ["queued", "in-progress"]
+
+
+def test_transition_bulk_skips_what_moved_and_what_has_a_parent(store, fired):
+    acts, comps, db = store
+    cids = add_computers(comps, fired, 5)
+    group = fired(acts.create(script(cids[:2]), NOW))
+    _, kids = fired(acts.list(parent_id=group.id))
+    ones = [fired(acts.create(script([c]), NOW)) for c in cids[2:]]
+    fired(acts.transition(ones[0].id, "queued", "canceled", actor="t", reason="r", now=NOW))
+    later = NOW + dt.timedelta(minutes=1)
+    moved = fired(db.run(lambda conn: acts.transition_bulk_thd(
+        conn, [o.id for o in ones] + [k.id for k in kids], "queued", "in-progress", kind="client", actor="t",
+        reason="r", now=later, values={"progress": 5})))
+    assert [a.id for a in moved] == [ones[1].id, ones[2].id]
+    assert all((a.state, a.delivered_at, a.progress) == ("in-progress", later, 5) for a in moved)
+    assert fired(acts.get(ones[0].id)).state == "canceled"
+    assert all(fired(acts.get(k.id)).state == "queued" for k in kids)
+    assert fired(acts.get(group.id)).counts["queued"] == 2
+    assert [h.to_state for h in fired(acts.history(ones[1].id))] == ["queued", "in-progress"]
