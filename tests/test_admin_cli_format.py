@@ -11,7 +11,8 @@ import pytest
 from ridgeline import admin
 from ridgeline.admin import commands, formatting as fmt, parsing
 from ridgeline.admin.client import ApiClient, Unreachable, _error_from_body
-from ridgeline.cli import main
+
+from admin_cli_support import run_cli
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2030, 1, 31, 8, 0, 0, tzinfo=UTC)
@@ -215,19 +216,6 @@ def test_query_strings():
 
 
 # --- the command line, without a server -----------------------------------------------
-
-
-def run_cli(argv, monkeypatch, capsys, env=None):
-    for k in ("RIDGELINE_URL", "RIDGELINE_API_KEY", "RIDGELINE_API_KEY_FILE"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in (env or {}).items():
-        monkeypatch.setenv(k, v)
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_connection_refused_is_one_line(monkeypatch, capsys, unused_tcp_port):

@@ -12,10 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ridgeline.admin.client import ApiClient, BadCaFile, Unreachable
-from ridgeline.cli import main
-from tlscerts import make_ca, make_server_tls
 
-ENV = ("RIDGELINE_URL", "RIDGELINE_API_KEY", "RIDGELINE_API_KEY_FILE", "RIDGELINE_CA_FILE")
+from admin_cli_support import run_cli
+from tlscerts import make_ca, make_server_tls
 
 
 class _Computers(BaseHTTPRequestHandler):
@@ -46,19 +45,6 @@ def https(tmp_path):
     yield f"https://127.0.0.1:{httpd.server_address[1]}", tls
     httpd.shutdown()
     httpd.server_close()
-
-
-def run_cli(argv, monkeypatch, capsys, env=None):
-    for k in ENV:
-        monkeypatch.delenv(k, raising=False)
-    for k, v in (env or {}).items():
-        monkeypatch.setenv(k, v)
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_client_trusts_the_ca_file_and_only_it(https, tmp_path):
